@@ -1,0 +1,1 @@
+"""Site-level overrides only: hooks live in labcheck.plugin, fixtures in src/labcheck."""

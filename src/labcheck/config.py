@@ -1,0 +1,431 @@
+"""Targets and thresholds: defaults < sandbox state < profile file < environment < command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from labcheck.errors import ConfigError
+
+Parser = Callable[[Any], Any]
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return str(value).strip()
+
+
+def _url(value: Any) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port number
+    except ValueError as exc:
+        raise ValueError(f"bad port in URL {text!r}") from exc
+    return text.rstrip("/")
+
+
+def _dsn(value: Any) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("postgresql", "postgres"):
+        scheme = parts.scheme or "none"
+        raise ValueError(f"not a PostgreSQL DSN (scheme {scheme!r}, expected postgresql://)")
+    if not parts.hostname:
+        raise ValueError("PostgreSQL DSN has no host")
+    return text
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+def _bucket(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueError("empty bucket name")
+    if not _BUCKET.match(text):
+        raise ValueError(f"not a valid S3 bucket name: {text!r}")
+    return text
+
+
+def _nonempty(value: Any) -> str:
+    text = _text(value)
+    if not text:
+        raise ValueError("empty value")
+    return text
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+def _positive(value: Any) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _count(value: Any) -> int:
+    number = _number(value)
+    if number < 0 or number != int(number):
+        raise ValueError(f"must be a whole number >= 0, got {value!r}")
+    return int(number)
+
+
+def _ratio(value: Any) -> float:
+    number = _number(value)
+    if not 0 <= number <= 1:
+        raise ValueError(f"must be a ratio between 0 and 1, got {value!r}")
+    return number
+
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+
+
+def _duration(value: Any) -> str:
+    text = _text(value)
+    if not _DURATION.match(text):
+        raise ValueError(f"not a Prometheus duration such as 5m or 30s: {text!r}")
+    return text
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Prometheus duration such as ``5m``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(text)
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return int(match.group(1)) * unit
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else _text(value).split(",")
+    paths = tuple(_text(item) for item in items if _text(item))
+    for path in paths:
+        if not path.startswith("/"):
+            raise ValueError(f"endpoint must start with '/': {path!r}")
+    return paths
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else _text(value).split(",")
+    return tuple(_text(item) for item in items if _text(item))
+
+
+def _file(value: Any) -> str:
+    text = os.path.expanduser(_text(value))
+    if not text:
+        raise ValueError("empty path")
+    if not os.path.isfile(text):
+        raise ValueError(f"file not found: {text}")
+    return text
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its parser, default and help text."""
+
+    name: str
+    parse: Parser
+    default: Any
+    help: str
+    target: bool = False
+    secret: bool = False
+    aliases: tuple[str, ...] = ()
+
+
+KEYS: dict[str, Key] = {
+    k.name: k
+    for k in [
+        # Targets: where the platform is.
+        Key("api_url", _url, None, "Platform API base URL", target=True),
+        Key("api_endpoints", _paths, ("/experiments", "/datasets"), "API endpoints checked one by one"),
+        Key("prometheus_url", _url, None, "Prometheus base URL", target=True),
+        Key("pushgateway_url", _url, None, "Pushgateway URL for --push-metrics", target=True),
+        Key("database_url", _dsn, None, "PostgreSQL primary DSN", target=True, secret=True, aliases=("DATABASE_URL",)),
+        Key("replica_url", _dsn, None, "PostgreSQL replica DSN (replication lag)", target=True, secret=True),
+        Key("s3_bucket", _bucket, None, "Dataset bucket", target=True, aliases=("S3_BUCKET",)),
+        Key("s3_endpoint", _url, None, "S3 endpoint URL (default: AWS)", target=True),
+        Key("cloudwatch_endpoint", _url, None, "CloudWatch endpoint URL (default: AWS)", target=True),
+        Key("aws_region", _nonempty, "us-east-1", "AWS region"),
+        Key("aws_access_key_id", _nonempty, None, "AWS access key id (default: boto3 chain)", secret=True),
+        Key("aws_secret_access_key", _nonempty, None, "AWS secret key (default: boto3 chain)", secret=True),
+        Key("kubeconfig", _file, None, "kubeconfig file (default: in-cluster)", target=True, aliases=("KUBECONFIG",)),
+        Key("kube_context", _nonempty, None, "kubeconfig context"),
+        Key("namespace", _nonempty, "llm-research", "Kubernetes namespace"),
+        Key("label_selector", _nonempty, "app=llm-research-api", "API pods label selector"),
+        Key("api_deployment", _nonempty, "llm-research-api", "API deployment name"),
+        Key("workers_deployment", _nonempty, "experiment-workers", "Experiment workers deployment"),
+        Key("secret_name", _nonempty, "llm-research-secrets", "Kubernetes secret the platform needs"),
+        Key("secret_keys", _names, ("JWT_SECRET",), "Keys that secret must hold"),
+        Key("test_token", _nonempty, None, "A valid bearer token for protected endpoints", secret=True, aliases=("TEST_TOKEN",)),
+        Key("docs_url", _url, None, "Documentation site URL", target=True),
+        # Bounds.
+        Key("timeout", _positive, 5.0, "Connect and read timeout of every probe, seconds"),
+        Key("connect_timeout", _positive, None, "Connect timeout, seconds (default: timeout)"),
+        Key("read_timeout", _positive, None, "Read timeout, seconds (default: timeout)"),
+        Key("statement_timeout", _positive, 5.0, "PostgreSQL statement_timeout, seconds"),
+        Key("max_body_bytes", _positive, 1_048_576, "Largest HTTP body read, bytes"),
+        Key("window", _duration, "5m", "PromQL rate window (the playbook's 5m)"),
+        # Thresholds: the playbook's values as defaults.
+        Key("health_budget_s", _positive, 2.0, "/health response-time budget, seconds"),
+        Key("error_ratio_sev1", _ratio, 0.5, "5xx ratio at which the API counts as unavailable"),
+        Key("error_ratio_sev2", _ratio, 0.10, "Overall 5xx ratio: >10% is SEV-2"),
+        Key("endpoint_error_ratio_sev3", _ratio, 0.05, "5xx ratio on any single endpoint: >5% is SEV-3"),
+        Key("p95_latency_s", _positive, 2.0, "p95 latency threshold, seconds"),
+        Key("db_headroom_sev2", _ratio, 0.80, "Connections in use / available: SEV-2 at this ratio"),
+        Key("db_headroom_sev1", _ratio, 0.95, "Connections in use / available: SEV-1 at this ratio"),
+        Key("db_idle_max_s", _positive, 600.0, "Idle connections older than this are a leak (10 minutes)"),
+        Key("db_idle_max_count", _count, 0, "Idle connections older than db_idle_max_s tolerated"),
+        Key("db_idle_in_tx_max_s", _positive, 60.0, "Idle-in-transaction sessions older than this fail"),
+        Key("db_long_query_s", _positive, 30.0, "Active queries longer than this fail"),
+        Key("db_lock_wait_s", _positive, 10.0, "Sessions blocked longer than this fail"),
+        Key("replication_lag_s", _positive, 30.0, "Replica lag threshold, seconds"),
+        Key("auth_error_ratio", _ratio, 0.10, "401/403 share of requests that fails the auth check"),
+        Key("clock_skew_s", _positive, 30.0, "Clock skew threshold, seconds"),
+        Key("s3_quota_bytes", _positive, None, "Dataset bucket quota, bytes"),
+        Key("s3_quota_ratio", _ratio, 0.90, "Bucket usage / quota that fails"),
+        Key("s3_error_threshold", _count, 0, "S3 4xx/5xx errors in the last hour tolerated"),
+        Key("experiment_stuck_s", _positive, 4 * 3600.0, "A running experiment older than this is stuck"),
+        Key("restart_window_s", _positive, 3600.0, "Window for container restarts and OOM kills"),
+        Key("restart_max", _count, 3, "Restarts within the window tolerated"),
+        Key("rollout_window_s", _positive, 1800.0, "A rollout younger than this is recent (30 minutes)"),
+        Key("log_since_s", _positive, 1800.0, "Evidence: logs from the last N seconds"),
+        Key("log_tail_lines", _count, 2000, "Evidence: at most this many log lines per container"),
+        Key("in_cluster", _bool, False, "Use the in-cluster service account"),
+    ]
+}
+
+SOURCE_DEFAULT = "default"
+SOURCE_SANDBOX = "sandbox state"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration, with where each value came from."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    target: str = "unconfigured"
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def connect_s(self) -> float:
+        return float(self.values["connect_timeout"] or self.values["timeout"])
+
+    @property
+    def read_s(self) -> float:
+        return float(self.values["read_timeout"] or self.values["timeout"])
+
+    @property
+    def window_s(self) -> float:
+        return duration_seconds(self.values["window"])
+
+    def describe(self) -> str:
+        """One line naming what is being checked, for the report header."""
+        shown = []
+        for name in ("api_url", "prometheus_url", "database_url", "s3_bucket", "kubeconfig"):
+            value = self.values.get(name)
+            if value:
+                shown.append(f"{name}={mask_dsn(str(value))}")
+        ctx = self.values.get("kube_context")
+        ns = self.values.get("namespace")
+        shown.append(f"namespace={ns}" + (f" context={ctx}" if ctx else ""))
+        return f"{self.target}: " + " ".join(shown)
+
+
+_DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def mask_dsn(text: str) -> str:
+    """Hide the password part of any URL or DSN in text."""
+    return _DSN_PASSWORD.sub(r"\1***\3", text)
+
+
+def sandbox_state_file() -> Path:
+    """Where `labcheck sandbox up` writes its state."""
+    base = os.environ.get("LABCHECK_SANDBOX_DIR")
+    if base:
+        return Path(base) / "state.json"
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    return Path(tmp) / f"labcheck-sandbox-{os.getuid()}" / "state.json"
+
+
+def _sandbox_settings() -> dict[str, Any] | None:
+    path = sandbox_state_file()
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    settings = state.get("settings") if isinstance(state, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str, Any]]:
+    transparent = {"target", "targets", "thresholds", "labcheck", "timeouts"}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            inner = "" if key in transparent and not prefix else dotted
+            for name, sub_dotted, sub_value in _flatten(value, inner):
+                yield name, sub_dotted if inner else f"{key}.{sub_dotted}", sub_value
+        else:
+            yield dotted.replace(".", "_"), dotted, value
+
+
+def read_profile(path: str) -> dict[str, tuple[Any, str]]:
+    """Read a TOML profile file into {key: (value, source)}."""
+    name = os.path.basename(path)
+    try:
+        with open(os.path.expanduser(path), "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"profile {path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"profile {path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"profile {name}: not valid TOML: {exc}") from None
+    out: dict[str, tuple[Any, str]] = {}
+    for key, dotted, value in _flatten(data):
+        if key not in KEYS:
+            raise ConfigError(f"profile {name}, key {dotted}: unknown key (known: see `labcheck keys`)")
+        out[key] = (value, f"profile {name}, key {dotted}")
+    return out
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """LABCHECK_<KEY> variables, and the playbook's own names as aliases."""
+    out: dict[str, tuple[Any, str]] = {}
+    for key in KEYS.values():
+        for alias in key.aliases:
+            if environ.get(alias):
+                out[key.name] = (environ[alias], f"environment variable {alias}")
+        var = f"LABCHECK_{key.name.upper()}"
+        if var in environ:
+            out[key.name] = (environ[var], f"environment variable {var}")
+    return out
+
+
+def parse_assignments(items: Iterable[str], source: str) -> dict[str, tuple[Any, str]]:
+    """Parse KEY=VALUE pairs from the command line."""
+    out: dict[str, tuple[Any, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_").lower()
+        if not sep:
+            raise ConfigError(f"{source} {item!r}: expected KEY=VALUE")
+        if key not in KEYS:
+            raise ConfigError(f"{source} {key}: unknown key")
+        out[key] = (value, f"{source} {key}")
+    return out
+
+
+def load(
+    *,
+    cli: Mapping[str, tuple[Any, str]] | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    use_sandbox: bool = True,
+) -> Settings:
+    """Merge every source, validate every value, and name the target."""
+    environ = os.environ if environ is None else environ
+    layers: list[dict[str, tuple[Any, str]]] = []
+    profile = profile or environ.get("LABCHECK_PROFILE") or None
+    if profile:
+        layers.append(read_profile(profile))
+    layers.append(read_environment(environ))
+    layers.append(dict(cli or {}))
+
+    explicit = {k for layer in layers for k in layer if KEYS[k].target}
+    raw: dict[str, tuple[Any, str]] = {k.name: (k.default, SOURCE_DEFAULT) for k in KEYS.values()}
+    target = "configured target"
+    if not explicit and use_sandbox:
+        sandbox = _sandbox_settings()
+        if sandbox is not None:
+            target = f"sandbox ({sandbox_state_file()})"
+            for key, value in sandbox.items():
+                if key in KEYS and value is not None:
+                    raw[key] = (value, SOURCE_SANDBOX)
+        else:
+            target = "nothing configured (no sandbox running)"
+    for layer in layers:
+        raw.update(layer)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, (value, source) in raw.items():
+        sources[name] = source
+        if value is None or (source == SOURCE_DEFAULT and value == KEYS[name].default):
+            values[name] = value
+            continue
+        try:
+            values[name] = KEYS[name].parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    if values["kubeconfig"]:
+        _check_kubeconfig(values["kubeconfig"], values["kube_context"], sources)
+    secrets = tuple(
+        str(values[k.name]) for k in KEYS.values() if k.secret and values.get(k.name)
+    )
+    return Settings(values=values, sources=sources, target=target, secrets=secrets)
+
+
+def _check_kubeconfig(path: str, context: str | None, sources: Mapping[str, str]) -> None:
+    import yaml  # kubernetes depends on PyYAML; imported only when a kubeconfig is set
+
+    where = sources["kubeconfig"]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read kubeconfig {path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{where}: kubeconfig {path} is not valid YAML{at}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("contexts"), list):
+        raise ConfigError(f"{where}: kubeconfig {path} has no contexts list")
+    names = [c.get("name") for c in doc["contexts"] if isinstance(c, dict)]
+    wanted = context or doc.get("current-context")
+    if not wanted:
+        raise ConfigError(f"{where}: kubeconfig {path} has no current-context and none is set")
+    if wanted not in names:
+        src = sources["kube_context"] if context else f"{where}, current-context"
+        raise ConfigError(f"{src}: context {wanted!r} not in kubeconfig {path} (has: {', '.join(map(str, names))})")

@@ -1,0 +1,116 @@
+"""The single place where evidence is recorded, and redacted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MASK = "***"
+
+# Patterns for secrets we were not told about. Each keeps its first group
+# (the label) and masks the rest.
+_PATTERNS = [
+    # user:password@ inside any URL or DSN
+    re.compile(r"(://[^:/@\s'\"]+:)[^@\s'\"]+(?=@)"),
+    # password=... in a libpq keyword DSN or a log line, and KEY=value for secret-ish keys
+    re.compile(
+        r"(?i)\b((?:[A-Z0-9_]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|ADMIN_?KEY|PRIVATE_?KEY)[A-Z0-9_]*)"
+        r"[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}]+"
+    ),
+    # Authorization headers
+    re.compile(r"(?i)\b((?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=\-]{6,}"),
+    re.compile(r"(?i)\b(X-Admin-Key\s*[:=]\s*)\S+"),
+    # JWTs anywhere
+    re.compile(r"()eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),
+    # AWS access key ids
+    re.compile(r"()\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+]
+
+
+class Redactor:
+    """Masks known secret values and secret-shaped text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._known: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Remember more secret values (and their encodings) to mask."""
+        with self._lock:
+            for secret in secrets:
+                for form in _forms(secret):
+                    if form not in self._known:
+                        self._known.append(form)
+            self._known.sort(key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._known:
+            text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + MASK, text)
+        return text
+
+
+def _forms(secret: str) -> list[str]:
+    """A secret, the secret inside a DSN, and its base64 form."""
+    if not secret or len(secret) < 4:
+        return []
+    forms = [secret]
+    match = re.search(r"://[^:/@\s]+:([^@\s]+)@", secret)
+    if match:
+        forms.append(match.group(1))
+    forms.append(base64.b64encode(secret.encode()).decode())
+    return [f for f in forms if len(f) >= 4]
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._\-]+", "_", text).strip("_")[:150] or "evidence"
+
+
+class Evidence:
+    """Records redacted evidence as Allure attachments and files under reports/evidence/."""
+
+    def __init__(self, directory: Path, redactor: Redactor) -> None:
+        self.directory = directory
+        self.redact = redactor
+        self._lock = threading.Lock()
+        self.recorded: list[Path] = []
+
+    def record(self, nodeid: str, name: str, body: Any, *, kind: str = "text") -> str:
+        """Redact and record one piece of evidence; return the redacted text."""
+        if not isinstance(body, str):
+            body = json.dumps(body, indent=2, default=str, sort_keys=True)
+            kind = "json"
+        text = self.redact(body)
+        suffix = ".json" if kind == "json" else ".txt"
+        folder = self.directory / _safe_name(nodeid)
+        path = folder / (_safe_name(name) + suffix)
+        with self._lock:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            self.recorded.append(path)
+        _attach_allure(text, name, kind)
+        return text
+
+
+def _attach_allure(text: str, name: str, kind: str) -> None:
+    import allure  # a no-op unless allure-pytest is writing results
+
+    attachment_type = allure.attachment_type.JSON if kind == "json" else allure.attachment_type.TEXT
+    allure.attach(text, name=name, attachment_type=attachment_type)
+
+
+def redact_env_secrets() -> list[str]:
+    """Secret-looking values from the environment (tokens, passwords, keys)."""
+    found = []
+    for name, value in os.environ.items():
+        if re.search(r"(?i)(PASSWORD|SECRET|TOKEN|ACCESS_KEY|ADMIN_KEY)", name) and len(value) >= 6:
+            found.append(value)
+    return found

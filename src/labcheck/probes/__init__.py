@@ -1,0 +1,1 @@
+"""Probes: one module per backend (http, prometheus, postgres, s3, kube)."""

@@ -1,0 +1,168 @@
+"""HTTP probe: bounded GET/HEAD requests whose failures name their target."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from labcheck.errors import (
+    ProbeBadResponse,
+    ProbeError,
+    ProbeRefused,
+    ProbeTimeout,
+    ProbeTLSError,
+    ProbeUnreachable,
+)
+
+if TYPE_CHECKING:
+    from labcheck.lab import Lab
+
+READ_ONLY_METHODS = ("GET", "HEAD")
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    """One HTTP exchange, already read (bounded)."""
+
+    method: str
+    url: str
+    status: int
+    elapsed_s: float
+    headers: dict[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    truncated: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON, or UNKNOWN naming what came back instead."""
+        if self.truncated:
+            raise ProbeBadResponse(f"body larger than the {len(self.body)} bytes we read", target=self.url)
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            kind = self.headers.get("content-type", "unknown content type")
+            snippet = self.text[:80].replace("\n", " ")
+            raise ProbeBadResponse(
+                f"HTTP {self.status} with a body that is not JSON ({kind}): {snippet!r}", target=self.url
+            ) from None
+
+    def date_skew_s(self, now: float) -> float | None:
+        """Server Date header minus local time, in seconds."""
+        date = self.headers.get("date")
+        if not date:
+            return None
+        try:
+            return parsedate_to_datetime(date).timestamp() - now
+        except (TypeError, ValueError):
+            return None
+
+    def exchange(self) -> dict[str, Any]:
+        """The exchange as evidence (headers and the start of the body)."""
+        return {
+            "request": f"{self.method} {self.url}",
+            "status": self.status,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "headers": self.headers,
+            "body": self.text[:4000],
+            "truncated": self.truncated,
+        }
+
+
+def _client(lab: Lab) -> httpx.Client:
+    s = lab.settings
+    timeout = httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=False,
+        verify=True,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        headers={"User-Agent": "labcheck"},
+    )
+
+
+def _classify(exc: Exception, url: str, lab: Lab) -> ProbeError:
+    s = lab.settings
+    text = str(exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ProbeTimeout(f"timed out after {s.connect_s:g} s connecting", target=url)
+    if isinstance(exc, httpx.TimeoutException):
+        return ProbeTimeout(f"timed out after {s.read_s:g} s waiting for a response", target=url)
+    if isinstance(exc, httpx.ConnectError):
+        cause = exc.__context__ or exc.__cause__
+        lowered = text.lower()
+        if isinstance(cause, ssl.SSLError) or "certificate" in lowered or "ssl" in lowered:
+            return ProbeTLSError(f"TLS certificate not trusted ({text[:120]})", target=url)
+        if "refused" in lowered:
+            return ProbeRefused("connection refused", target=url)
+        if "name or service not known" in lowered or "name resolution" in lowered or "nodename" in lowered:
+            return ProbeUnreachable("DNS name does not resolve", target=url)
+        return ProbeUnreachable(f"cannot connect ({text[:120]})", target=url)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return ProbeBadResponse(f"connection closed mid-response ({text[:120] or type(exc).__name__})", target=url)
+    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+        return ProbeUnreachable(f"invalid URL ({text[:120]})", target=url)
+    return ProbeBadResponse(f"{type(exc).__name__}: {text[:160]}", target=url)
+
+
+def request(lab: Lab, url: str, *, method: str = "GET", headers: dict[str, str] | None = None) -> HttpResult:
+    """Send one read-only request, read at most max_body_bytes, within the probe bound."""
+    if method not in READ_ONLY_METHODS:
+        raise ValueError(f"labcheck is read-only: {method} is not allowed")
+    client = lab.client("http", lambda: _client(lab))
+    limit = int(lab.settings.max_body_bytes)
+    deadline = time.monotonic() + lab.budget - 0.5
+    started = time.monotonic()
+    try:
+        with client.stream(method, url, headers=headers or {}) as response:
+            chunks: list[bytes] = []
+            size = 0
+            truncated = False
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    truncated = True
+                    break
+                if time.monotonic() > deadline:
+                    raise ProbeTimeout(
+                        f"body still arriving after {lab.budget - 0.5:g} s (trickling)", target=url
+                    )
+            body = b"".join(chunks)[:limit]
+            return HttpResult(
+                method=method,
+                url=url,
+                status=response.status_code,
+                elapsed_s=time.monotonic() - started,
+                headers={k.lower(): v for k, v in response.headers.items()},
+                body=body,
+                truncated=truncated,
+            )
+    except ProbeError:
+        raise
+    except httpx.HTTPError as exc:
+        raise _classify(exc, url, lab) from None
+
+
+def _job(lab: Lab, url: str, headers: dict[str, str] | None, key: str | None) -> tuple[str, Any]:
+    return key or f"GET {url}", lambda: request(lab, url, headers=headers)
+
+
+def start(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str | None = None) -> None:
+    """Start a GET in the background so that later ``get`` calls find it under way."""
+    lab.start(*_job(lab, url, headers, key))
+
+
+def get(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str | None = None) -> HttpResult:
+    """GET a URL once per run (shared by every check that asks)."""
+    fact_key, fn = _job(lab, url, headers, key)
+    return lab.fact(fact_key, fn, target=url)

@@ -1,0 +1,1 @@
+"""The local platform used by the demo and the tests."""
