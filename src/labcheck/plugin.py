@@ -48,6 +48,14 @@ CONFIG_OPTIONS = {
     "--probe-timeout": "timeout",
 }
 
+# Fixture modules, one per backend; each imports its client library only when a check asks.
+pytest_plugins = [
+    "labcheck.fixtures.api",
+    "labcheck.fixtures.database",
+    "labcheck.fixtures.kube",
+    "labcheck.fixtures.storage",
+]
+
 settings_key = pytest.StashKey[cfg.Settings]()
 catalogue_key = pytest.StashKey[Catalogue]()
 redactor_key = pytest.StashKey[Redactor]()
@@ -109,6 +117,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: component marker: {COMPONENT_HELP[name]}.")
     config.addinivalue_line("markers", "scenario(id): the playbook scenario a failure points to, e.g. scenario('high-error-rate').")
     config.addinivalue_line("markers", "writes: an opt-in canary that writes to the target and cleans up after itself.")
+    # Checks are `check_*` functions in `checks/<component>.py` modules, wherever the suite lives.
+    for ini, pattern in (("python_functions", "check_*"), ("python_files", "checks/[a-z]*.py")):
+        if pattern not in config.getini(ini):
+            config.addinivalue_line(ini, pattern)
 
     config.stash[started_key] = time.time()
     out = reports_dir(config)
@@ -128,6 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.allure_report_dir = str(out / "allure-results")
     if hasattr(config.option, "attach_capture"):
         config.option.attach_capture = False  # captured output is not evidence: it skips the redactor
+    config.pluginmanager.register(Outcomes(), "labcheck-outcomes")
     if not _is_worker(config):
         config.pluginmanager.register(Triage(config), "labcheck-triage")
 
@@ -230,20 +243,6 @@ def catalogue(pytestconfig: pytest.Config) -> Catalogue:
     return pytestconfig.stash[catalogue_key]
 
 
-@pytest.fixture(scope="session")
-def api(lab: Lab) -> Any:
-    """The platform API: health, readiness, and its Prometheus signals."""
-    from labcheck.probes.api import Api
-
-    return Api(lab)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    settings = metafunc.config.stash.get(settings_key, None)
-    if settings is not None and "api_endpoint" in metafunc.fixturenames:
-        metafunc.parametrize("api_endpoint", list(settings.api_endpoints))
-
-
 class Expect:
     """Asserts one fact about the platform with a complete message, and keeps the observed value."""
 
@@ -255,6 +254,7 @@ class Expect:
 
     def __call__(self, ok: bool, *, target: str, observed: Any, threshold: Any,
                  detail: str = "", evidence: Any = None) -> None:
+        __tracebackhide__ = True
         self.item.user_properties.append(("labcheck_observed", {"target": target, "observed": str(observed),
                                                                 "threshold": str(threshold)}))
         if ok:
@@ -300,34 +300,50 @@ def _redact_exception(excinfo: pytest.ExceptionInfo[BaseException], redact: Reda
         exc.reason = redact(exc.reason)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+@pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Innermost: redact the exception and the report before any reporter (Allure included) reads them."""
     redact = item.config.stash.get(redactor_key, None)
     if redact is not None and call.excinfo is not None:
         _redact_exception(call.excinfo, redact)
     report: pytest.TestReport = yield
-    if not _is_check(item):
-        return report
-    meta = check_meta(item)
-    if call.when == "setup":
-        report.user_properties.append(("labcheck_meta", meta))
-    excinfo = call.excinfo
-    if excinfo is not None and report.failed and not excinfo.errisinstance((AssertionError, pytest.fail.Exception)):
-        if isinstance(excinfo.value, KeyboardInterrupt):
-            return report
-        reason = _unknown_reason(excinfo)
-        if redact is not None:
-            reason = redact(reason)
-        path, lineno, _ = item.location
-        report.outcome = "skipped"
-        report.longrepr = (str(item.path), (lineno or 0) + 1, f"UNKNOWN: {reason}")
-        report.user_properties.append(("labcheck_unknown", reason))
-    elif redact is not None and report.longrepr is not None and not isinstance(report.longrepr, tuple):
+    if redact is not None and report.longrepr is not None and not isinstance(report.longrepr, tuple):
         text = str(report.longrepr)
         cleaned = redact(text)
         if cleaned != text:
             report.longrepr = cleaned
+    if redact is not None:
+        report.sections = [(title, redact(body)) for title, body in report.sections]
     return report
+
+
+class Outcomes:
+    """Outermost makereport wrapper: a check that could not check is UNKNOWN, not failed.
+
+    It runs after Allure's listener, which has already filed the non-assertion
+    exception as "broken"; pytest itself then sees a skip with category "unknown".
+    """
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        report: pytest.TestReport = yield
+        if not _is_check(item):
+            return report
+        if call.when == "setup":
+            report.user_properties.append(("labcheck_meta", check_meta(item)))
+        excinfo = call.excinfo
+        if excinfo is None or not report.failed or excinfo.errisinstance(
+                (AssertionError, pytest.fail.Exception, KeyboardInterrupt)):
+            return report
+        reason = _unknown_reason(excinfo)
+        redact = item.config.stash.get(redactor_key, None)
+        if redact is not None:
+            reason = redact(reason)
+        _, lineno, _ = item.location
+        report.outcome = "skipped"
+        report.longrepr = (str(item.path), (lineno or 0) + 1, f"UNKNOWN: {reason}")
+        report.user_properties.append(("labcheck_unknown", reason))
+        return report
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:

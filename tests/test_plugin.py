@@ -1,0 +1,183 @@
+"""The plugin through pytester: markers, the collection rule, UNKNOWN results and triage.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = str(REPO / "scenarios")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--no-sandbox", f"--scenarios-dir={SCENARIOS}",
+        f"--reports-dir={pytester.path / 'reports'}", *args,
+    )
+
+
+def triage(pytester: pytest.Pytester) -> dict:
+    return json.loads((pytester.path / "reports" / "triage.json").read_text())
+
+
+def test_markers_are_documented() -> None:
+    out = subprocess.run([sys.executable, "-m", "pytest", "--markers"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    for name in ("sev1", "sev2", "sev3", "sev4", "api_gateway", "database", "auth", "experiments",
+                 "storage", "metrics", "kubernetes", "docs", "scenario(id)", "writes"):
+        assert f"@pytest.mark.{name}:" in out, name
+
+
+def test_collect_only_needs_no_network_and_no_heavy_imports() -> None:
+    code = (
+        "import sys, pytest\n"
+        "rc = pytest.main(['-q', '--collect-only', '-m', 'sev1', 'checks', '-p', 'no:cacheprovider'])\n"
+        "heavy = [m for m in ('kubernetes', 'boto3', 'botocore', 'psycopg') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "LABCHECK_API_URL": "http://192.0.2.1:1", "HOME": "/nonexistent",
+           "http_proxy": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "HEAVY []" in proc.stdout
+    assert "check_health_answers_within_budget" in proc.stdout
+
+
+def test_check_without_markers_is_a_collection_error_naming_it(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_bare.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.sev2\n"
+        "def check_without_component():\n    pass\n"
+    )
+    result = run(pytester, "checks")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*check checks/test_bare.py::check_without_component: needs exactly one "
+                                 "component marker*"])
+
+
+def test_two_severities_and_unknown_scenario_are_refused(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_bad.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.sev1\n@pytest.mark.sev2\n@pytest.mark.auth\n@pytest.mark.scenario('no-such')\n"
+        "def check_bad():\n    pass\n"
+    )
+    result = run(pytester, "checks")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*needs exactly one severity marker*has ?'sev1', 'sev2'?;*"
+                                 "scenario('no-such') is not in the catalogue*"])
+
+
+CHECKS = """
+import pytest
+from labcheck.errors import ProbeTimeout
+
+@pytest.mark.sev1
+@pytest.mark.api_gateway
+def check_ok(expect):
+    expect(True, target="GET http://api/health", observed="HTTP 200", threshold="HTTP 200")
+
+@pytest.mark.sev2
+@pytest.mark.api_gateway
+@pytest.mark.scenario("high-error-rate")
+def check_errors(expect):
+    expect(False, target="API 5xx ratio", observed="20.0%", threshold="<= 10%")
+
+@pytest.mark.sev3
+@pytest.mark.database
+def check_cannot_see():
+    raise ProbeTimeout("timed out after 5 s waiting for a response", target="http://prometheus")
+
+@pytest.mark.sev1
+@pytest.mark.database
+def check_broken_probe():
+    {}["missing"]
+"""
+
+
+def test_failed_unknown_and_passed_are_told_apart(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_mix.py").write_text(CHECKS)
+    result = run(pytester, "checks", "-rA")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([
+        "*1 failed, 1 passed, 2 unknown*",
+    ])
+    result.stdout.fnmatch_lines(["*labcheck triage*", "INCIDENT SEVERITY: SEV-2*"])
+    data = triage(pytester)
+    assert data["severity"] == "SEV-2"
+    outcomes = {c["nodeid"].split("::")[1]: c["outcome"] for c in data["checks"]}
+    assert outcomes == {"check_ok": "passed", "check_errors": "failed", "check_cannot_see": "unknown",
+                        "check_broken_probe": "unknown"}
+    errors = next(c for c in data["checks"] if c["nodeid"].endswith("check_errors"))
+    assert errors["component"] == "api_gateway" and errors["severity"] == "SEV-2"
+    assert errors["scenario"] == "high-error-rate"
+    assert "observed 20.0%; threshold <= 10%; scenario high-error-rate" in errors["message"]
+    assert [s["id"] for s in data["scenarios"]] == ["high-error-rate"]
+    assert data["scenarios"][0]["mitigation"], "mitigation steps listed"
+    blind = {b["nodeid"].split("::")[1]: b["reason"] for b in data["blind_spots"]}
+    assert blind["check_cannot_see"] == "http://prometheus: timed out after 5 s waiting for a response"
+    assert "KeyError" in blind["check_broken_probe"]
+    assert data["sev1_blind"] is True
+    for key in ("target", "started_at", "duration_s"):
+        assert key in data
+
+
+def test_nothing_failed_gives_null_severity_and_exit_zero(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_ok.py").write_text(CHECKS.split("@pytest.mark.sev2")[0])
+    result = run(pytester, "checks")
+    assert result.ret == 0
+    assert triage(pytester)["severity"] is None
+
+
+def test_blind_spots_can_fail_a_gate(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_blind.py").write_text(
+        "import pytest\nfrom labcheck.errors import NoData\n"
+        "@pytest.mark.sev1\n@pytest.mark.database\n"
+        "def check_blind():\n    raise NoData('no data', target='x')\n"
+    )
+    assert run(pytester, "checks").ret == 0
+    assert run(pytester, "checks", "--fail-on-unknown", "sev1").ret == 6
+
+
+def test_triage_is_written_once_by_the_controller_under_xdist(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_mix.py").write_text(CHECKS)
+    result = run(pytester, "checks", "-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    data = triage(pytester)
+    assert data["severity"] == "SEV-2"
+    assert len(data["checks"]) == 4
+    assert {c["outcome"] for c in data["checks"]} == {"passed", "failed", "unknown"}
+
+
+def test_secrets_in_assertion_messages_are_redacted(pytester: pytest.Pytester,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_secret.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.sev1\n@pytest.mark.auth\n"
+        "def check_leaky(expect):\n"
+        "    dsn, tok, jwt = os.environ['PLANT_DSN'], os.environ['PLANT_TOKEN'], os.environ['PLANT_JWT']\n"
+        "    expect.record('exchange', {'dsn': dsn, 'headers': {'Authorization': 'Bearer ' + jwt}})\n"
+        "    expect(False, target=dsn, observed='token=' + tok, threshold='Authorization: Bearer ' + jwt)\n"
+    )
+    monkeypatch.setenv("PLANT_DSN", "postgresql://u:hunter2secret@db/x")
+    monkeypatch.setenv("PLANT_TOKEN", "abcdef123456")
+    monkeypatch.setenv("LABCHECK_TEST_TOKEN", "abcdef123456")  # a configured secret the redactor knows
+    monkeypatch.setenv("PLANT_JWT", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl")
+    result = run(pytester, "checks", "-l")
+    out = result.stdout.str() + result.stderr.str()
+    everything = out + "".join(p.read_text(errors="replace") for p in (pytester.path / "reports").rglob("*")
+                               if p.is_file())
+    for secret in ("hunter2secret", "abcdef123456", "eyJhbGciOiJIUzI1NiJ9"):
+        assert secret not in everything
