@@ -13,16 +13,20 @@ from typing import Any
 
 MASK = "***"
 
+_SECRET_KEY = (r"[A-Z0-9_.\-]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|ADMIN_?KEY|PRIVATE_?KEY)"
+               r"[A-Z0-9_\-]*")
+
 # Patterns for secrets we were not told about. Each keeps its first group
 # (the label) and masks the rest.
 _PATTERNS = [
     # user:password@ inside any URL or DSN
     re.compile(r"(://[^:/@\s'\"]+:)[^@\s'\"]+(?=@)"),
-    # password=... in a libpq keyword DSN or a log line, and KEY=value for secret-ish keys
-    re.compile(
-        r"(?i)\b((?:[A-Z0-9_]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|ADMIN_?KEY|PRIVATE_?KEY)[A-Z0-9_]*)"
-        r"[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}]+"
-    ),
+    # KEY=value for secret-ish keys (a libpq keyword DSN, an env line in a log)
+    re.compile(rf"(?i)\b({_SECRET_KEY}\s*=\s*[\"']?)[^\s\"',;&}}]+"),
+    # KEY: value (JSON, YAML, headers): a quoted string, or a bare word that is not a JSON literal or number,
+    # so that redacted JSON stays valid JSON
+    re.compile(rf"(?i)\b({_SECRET_KEY}[\"']?\s*:\s*\")[^\"]+(?=\")"),
+    re.compile(rf"(?i)\b({_SECRET_KEY}[\"']?\s*:\s*)(?!(?:true|false|null)\b)(?![\d{{\[\"'-])[^\s,;}}\]]+"),
     # Authorization headers
     re.compile(r"(?i)\b((?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=\-]{6,}"),
     re.compile(r"(?i)\b(X-Admin-Key\s*[:=]\s*)\S+"),

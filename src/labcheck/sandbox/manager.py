@@ -41,6 +41,9 @@ __all__ = [
 T = TypeVar("T")
 
 STATE_VERSION = 1
+# The dataset bucket's quota: small enough that the quota-full fault fills it in seconds.
+QUOTA_BYTES = 256 * 1024 * 1024
+
 SERVICES = ("postgres", "moto", "s3gw", "kube", "api", "prometheus", "pushgateway")
 DEFAULT_PORTS: dict[str, int] = {
     "api": 18080,
@@ -677,8 +680,9 @@ def _stop_postgres(d: Path, pid: int | None) -> None:
 # ---------------------------------------------------------------- HTTP probes
 
 
-def _http_ok(method: str, url: str, headers: dict[str, str] | None = None) -> bool:
-    resp = httpx.request(method, url, headers=headers, timeout=_PROBE_TIMEOUT)
+def _http_ok(method: str, url: str, headers: dict[str, str] | None = None,
+             verify: str | bool = True) -> bool:
+    resp = httpx.request(method, url, headers=headers, timeout=_PROBE_TIMEOUT, verify=verify)
     return resp.status_code == 200
 
 
@@ -718,7 +722,8 @@ def _ready(state: dict[str, Any], name: str) -> bool:
             return _http_ok("HEAD", f"{url}/{settings.get('s3_bucket', BUCKET)}")
         if name == "kube":
             token = sec.get("kube_token", "")
-            return _http_ok("GET", f"{url}/version", {"Authorization": f"Bearer {token}"})
+            return _http_ok("GET", f"{url}/version", {"Authorization": f"Bearer {token}"},
+                            verify=_kube_ca(Path(state["dir"])))
     except (OSError, httpx.HTTPError, KeyError, ValueError):
         return False
     return False
@@ -768,10 +773,16 @@ def _make_token(jwt_secret: str) -> str:
     return token if isinstance(token, str) else token.decode()
 
 
+def _kube_ca(d: Path) -> str:
+    """The stand-in serves HTTPS with its own CA: kubectl sends a bearer token only over TLS."""
+    return str(d / "kube-tls.crt")
+
+
 def _write_kubeconfig(path: Path, server_url: str, token: str) -> None:
     from labcheck.sandbox.kube import write_kubeconfig
 
-    write_kubeconfig(path, server_url=server_url, token=token, namespace=NAMESPACE)
+    write_kubeconfig(path, server_url=server_url, token=token, namespace=NAMESPACE,
+                     ca_file=_kube_ca(path.parent))
     os.chmod(path, 0o600)
 
 
@@ -911,6 +922,10 @@ def _up_unlocked(
         _check_traversable(d, *pg_ids)
     sec = _new_secrets()
     url = {name: f"http://{HOST}:{port}" for name, port in p.items()}
+    url["kube"] = f"https://{HOST}:{p['kube']}"
+    from labcheck.sandbox.kube import ensure_tls_files
+
+    ensure_tls_files(_kube_ca(d), d / "kube-tls.key")
     kubeconfig = d / "kubeconfig"
     test_token = _make_token(sec["jwt_secret"])
     app_dsn = _dsn(APP_ROLE, sec["app_db_password"], p["postgres"])
@@ -933,7 +948,7 @@ def _up_unlocked(
             **aws,
             "jwt_secret": sec["jwt_secret"],
             "admin_key": sec["admin_key"],
-            "quota_bytes": 1073741824,
+            "quota_bytes": QUOTA_BYTES,
             "traffic_rps": 20,
             "state_dir": str(d),
         },
@@ -955,6 +970,8 @@ def _up_unlocked(
             "namespace": NAMESPACE,
             "jwt_secret": sec["jwt_secret"],
             "requests_log": str(d / "kube-requests.jsonl"),
+            "tls_cert": _kube_ca(d),
+            "tls_key": str(d / "kube-tls.key"),
             "planted": {"db_password": sec["app_db_password"], "bearer": test_token},
         },
     }
@@ -1067,6 +1084,7 @@ def _up_unlocked(
             "test_token": test_token,
             "docs_url": f"{url['api']}/docs",
             "window": WINDOW,
+            "s3_quota_bytes": QUOTA_BYTES,
         }
         st.save()
     except BaseException as exc:
@@ -1216,7 +1234,8 @@ def _admin(state: dict[str, Any], service: str, method: str, path: str, body: An
     url = f"{base}{path}"
     headers = {"X-Admin-Key": state.get("secrets", {}).get("admin_key", "")}
     try:
-        with httpx.Client(timeout=_ADMIN_TIMEOUT) as client:
+        verify = _kube_ca(Path(state["dir"])) if service == "kube" else True
+        with httpx.Client(timeout=_ADMIN_TIMEOUT, verify=verify) as client:
             resp = client.request(method, url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         raise SandboxError(
@@ -1285,7 +1304,7 @@ def heal(*, dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         state = _require_running(d)
         answers: dict[str, Any] = {}
         errors: list[str] = []
-        for service in ("api", "kube", "s3gw"):
+        for service in ("s3gw", "kube", "api"):  # storage first: the API's heal deletes quota filler
             try:
                 answers[service] = _admin(state, service, "DELETE", "/admin/faults")
             except SandboxError as exc:

@@ -1,0 +1,1 @@
+"""The labcheck suite: one module per platform component."""
