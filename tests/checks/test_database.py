@@ -1,0 +1,331 @@
+"""The database checks: query redaction and failure classification, then the live sandbox."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from labcheck import config
+from labcheck.errors import NoData, ProbeBadResponse, ProbeError
+from labcheck.evidence import Redactor
+from labcheck.lab import Lab
+from labcheck.probes import postgres
+
+CHECKS = "checks/database.py"
+# Every check that reads the pg_stat_activity snapshot: UNKNOWN when labcheck cannot connect.
+SNAPSHOT_CHECKS = (
+    "check_connection_headroom_below_sev1",
+    "check_connection_headroom_below_sev2",
+    "check_no_idle_connection_leak",
+    "check_no_long_idle_in_transaction",
+    "check_no_long_running_queries",
+    "check_no_blocking_locks",
+)
+ALL_CHECKS = ("check_database_accepts_connections", *SNAPSHOT_CHECKS, "check_pool_not_saturated",
+              "check_replication_lag")
+
+
+# --- without the sandbox ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("query", "shown"), [
+    ("SELECT * FROM users WHERE email = 'alice@example.com' AND id = 42",
+     "SELECT * FROM users WHERE email = ? AND id = ?"),
+    ("UPDATE t SET pw = 'it''s secret', n = 3.5e2 WHERE x = $1", "UPDATE t SET pw = ?, n = ? WHERE x = $1"),
+    ("SELECT \"col1\", t2.c3 FROM t2 WHERE v IN (1, 2.5, .5)", "SELECT \"col1\", t2.c3 FROM t2 WHERE v IN (?, ?, ?)"),
+    ("SELECT E'a\\'b', $$dollar 'quoted' 7$$, $fn$body$fn$", "SELECT ?, ?, ?"),
+    ("SELECT 'cut off at the fetch limit with a secret", "SELECT ?"),
+    ("SELECT   1\n  FROM\tx", "SELECT ? FROM x"),
+    (None, ""),
+])
+def test_query_literals_are_redacted(query: str | None, shown: str) -> None:
+    assert postgres.redact_query(query) == shown
+
+
+def test_query_is_redacted_before_it_is_cut_to_200_characters() -> None:
+    secret = "s3cr3t-" * 40
+    text = postgres.redact_query("SELECT " + "a, " * 60 + f"'{secret}'")
+    assert len(text) <= postgres.QUERY_SHOWN_CHARS
+    assert "s3cr3t" not in postgres.redact_query(f"SELECT '{secret}'")
+    # A literal cut by the 1000-character fetch limit has no closing quote: still redacted.
+    assert postgres.redact_query(f"SELECT '{secret[:30]}") == "SELECT ?"
+    assert "s3cr3t" not in text
+
+
+class _PgError(Exception):
+    def __init__(self, text: str, sqlstate: str | None = None) -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(("message", "sqlstate", "kind"), [
+    ('connection to server at "10.0.0.5", port 5432 failed: FATAL:  sorry, too many clients already', None,
+     "too many clients"),
+    ("FATAL: remaining connection slots are reserved for roles with the SUPERUSER attribute", "53300",
+     "too many clients"),
+    ('FATAL:  password authentication failed for user "labcheck"', None, "auth failed"),
+    ('FATAL:  no pg_hba.conf entry for host "10.1.1.1"', "28000", "auth failed"),
+    ('FATAL:  database "nope" does not exist', None, "database missing"),
+    ('connection to server at "127.0.0.1", port 1 failed: Connection refused', None, "refused"),
+    ("connection timeout expired", None, "timed out"),
+    ('could not translate host name "db.invalid" to address', None, "unreachable"),
+])
+def test_connection_failures_are_told_apart(message: str, sqlstate: str | None, kind: str) -> None:
+    assert postgres.classify(_PgError(message, sqlstate)) == kind
+
+
+def test_connection_messages_never_carry_the_password() -> None:
+    dsn = "postgresql://labcheck:hunter2-pw@db.example:5432/app"
+    text = postgres.clean_message(f"could not connect with {dsn}: hunter2-pw rejected", dsn)
+    assert "hunter2-pw" not in text
+    assert postgres.describe_dsn(dsn) == "db.example:5432/app"
+
+
+def _lab_for(dsn: str, **keys: Any) -> Lab:
+    cli = {"database_url": (dsn, "test"), **{k: (v, "test") for k, v in keys.items()}}
+    settings = config.load(cli=cli, environ={}, use_sandbox=False)
+    return Lab(settings, redactor=Redactor(settings.secrets))
+
+
+def test_refused_connection_is_an_attempt_and_unknown_for_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import psycopg
+
+    calls = []
+    real_connect = psycopg.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counting_connect)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    lab = _lab_for(f"postgresql://labcheck:hunter2-pw@127.0.0.1:{port}/app")
+    try:
+        db = postgres.Database(lab)
+        attempt = db.attempt()
+        assert not attempt.ok and attempt.kind == "refused", attempt
+        assert "hunter2-pw" not in attempt.describe()
+        with pytest.raises(ProbeError, match="cannot connect: refused"):
+            db.activity()
+        assert db.attempt() is attempt
+        assert len(calls) == 1  # one attempt per run, never retried
+        assert calls[0]["application_name"] == "labcheck" and calls[0]["autocommit"] is True
+        assert "default_transaction_read_only=on" in calls[0]["options"]
+    finally:
+        lab.close()
+
+
+def test_silent_listener_is_timed_out_not_a_hang() -> None:
+    import socket
+    import time
+
+    with socket.socket() as server:  # accepts (the kernel does) and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        lab = _lab_for(f"postgresql://u:p@127.0.0.1:{server.getsockname()[1]}/app", timeout=1)
+        started = time.monotonic()
+        try:
+            attempt = postgres.Database(lab).attempt()
+        finally:
+            lab.close()
+    assert attempt.kind == "timed out", attempt
+    assert time.monotonic() - started < 5
+
+
+def test_pool_metrics_missing_series_is_no_data() -> None:
+    text = "# TYPE db_pool_connections gauge\ndb_pool_connections 3\n"
+    with pytest.raises(NoData, match="db_pool_max_connections, db_pool_waiters"):
+        postgres.parse_pool_metrics(text, "http://api/metrics")
+    with pytest.raises(ProbeBadResponse):
+        postgres.parse_pool_metrics("<html>not metrics{", "http://api/metrics")
+    full = text + "db_pool_max_connections 10\ndb_pool_waiters 2\n"
+    stats = postgres.parse_pool_metrics(full, "http://api/metrics")
+    assert stats.saturated and stats.waiters == 2
+
+
+@pytest.mark.parametrize(("open_", "idle", "waiters", "saturated"), [
+    (3, None, 0, False),
+    (10, None, 0, True),    # at its maximum, and the pool does not say how many are idle
+    (10, 4, 0, False),      # grew to its maximum earlier; idle connections serve the next request
+    (10, 0, 0, True),       # every connection checked out
+    (5, 5, 1, True),        # requests waiting
+])
+def test_pool_saturation(open_: int, idle: int | None, waiters: int, saturated: bool) -> None:
+    text = f"db_pool_connections {open_}\ndb_pool_max_connections 10\ndb_pool_waiters {waiters}\n"
+    if idle is not None:
+        text += f"db_pool_idle_connections {idle}\n"
+    assert postgres.parse_pool_metrics(text, "http://api/metrics").saturated is saturated
+
+
+# --- against the live sandbox ----------------------------------------------------------------
+
+
+def _superuser(sandbox: Any) -> dict[str, Any]:
+    """Connection arguments for the sandbox's superuser (it can use the reserved slots)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(sandbox.settings["database_url"])
+    return {"host": parts.hostname, "port": parts.port, "dbname": parts.path.lstrip("/"),
+            "user": "postgres", "password": sandbox.state["secrets"]["postgres_password"],
+            "connect_timeout": 3, "autocommit": True, "application_name": "labcheck-tests"}
+
+
+class Footprint:
+    """Watches pg_stat_activity for labcheck's own sessions while a run goes on."""
+
+    def __init__(self, sandbox: Any) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(**_superuser(sandbox))
+        self.most = 0
+        self.pids: set[int] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            rows = self.conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'labcheck'").fetchall()
+            self.most = max(self.most, len(rows))
+            self.pids.update(r[0] for r in rows)
+            self.samples += 1
+            self._stop.wait(0.005)  # the sampling period, not a wait for a condition
+
+    def __enter__(self) -> Footprint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.conn.close()
+
+
+def test_healthy_database_passes_every_check(healed: Any) -> None:
+    def healthy(run: Any) -> bool:
+        return all(run.outcome(name) == "passed" for name in ALL_CHECKS[:-1])
+
+    # The pool drains what a previous fault left waiting within a pool timeout (2 s): poll.
+    runs_before = healed.runs
+    with Footprint(healed) as watch:
+        run = healed.wait_for(healthy, CHECKS, deadline_s=30, what="every database check passing")
+    lag = run.check("check_replication_lag")
+    assert lag["outcome"] == "unknown" and "no replica configured" in lag["message"]
+    assert run.check("check_no_long_running_queries")["facts"] == {"long_running_queries": False}
+    assert run.check("check_pool_not_saturated")["facts"] == {"database_overload": False}
+    # One session per run: never two at once, and never a second one (no reconnects). The
+    # session lives only until the snapshot is taken, so a sample may miss it altogether.
+    assert watch.samples > 0 and watch.most <= 1, vars(watch)
+    assert len(watch.pids) <= healed.runs - runs_before, vars(watch)
+
+
+def test_one_labcheck_connection_per_worker(healed: Any) -> None:
+    with Footprint(healed) as watch:
+        run = healed.run_checks("-n", "2", CHECKS)
+    assert run.outcome("check_database_accepts_connections") == "passed"
+    assert watch.samples > 0 and watch.most <= 2 and len(watch.pids) <= 2, vars(watch)
+
+
+def test_session_is_read_only_and_bounded(sandbox: Any) -> None:
+    lab = _lab_for(sandbox.settings["database_url"])
+    settings = lab.settings
+    try:
+        session = postgres.Database(lab).session()
+        shown = session.run(lambda c: c.execute(
+            "SELECT current_setting('transaction_read_only'), current_setting('default_transaction_read_only'),"
+            " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
+            " current_setting('application_name')").fetchone(), "settings")
+        assert shown == ("on", "on", str(int(settings.statement_timeout * 1000)), "labcheck")
+        with pytest.raises(ProbeBadResponse, match="ReadOnlySqlTransaction"):
+            session.run(lambda c: c.execute("CREATE TABLE labcheck_write_probe (x int)"), "a write")
+        # The snapshot is the last question: the slot is given back, and never taken again.
+        db = postgres.Database(lab)
+        assert any(b.is_self for b in db.activity().backends)
+        with pytest.raises(ProbeError, match="connection closed"):
+            session.run(lambda c: c.execute("SELECT 1"), "a late query")
+        assert db.attempt().ok
+    finally:
+        lab.close()
+
+
+def test_replica_query_reads_recovery_state(sandbox: Any) -> None:
+    dsn = sandbox.settings["database_url"]
+    lab = _lab_for(dsn, replica_url=dsn)  # the primary posing as a replica: not in recovery
+    try:
+        lag = postgres.Database(lab).replication()
+    finally:
+        lab.close()
+    assert lag.in_recovery is False and lag.lag_s is None, lag
+    assert lag.target.startswith("PostgreSQL replica ")
+
+
+def test_pool_leak_points_to_connection_exhaustion(healed: Any) -> None:
+    healed.fault("db-pool-leak", fill=0.9)
+    run = healed.wait_for(
+        lambda r: r.outcome("check_connection_headroom_below_sev2") == "failed"
+        and r.outcome("check_no_idle_connection_leak") == "failed",
+        "--set", "db_idle_max_s=1", "--set", "db_idle_max_count=10", CHECKS, deadline_s=30,
+        what="headroom and idle-leak checks failing")
+    assert run.outcome("check_pool_not_saturated") == "failed"
+    assert run.outcome("check_database_accepts_connections") == "passed"
+    assert "db-connection-exhaustion" in run.scenario_ids()
+    assert run.triage["facts"]["database_overload"] is True
+    headroom = run.check("check_connection_headroom_below_sev2")["message"]
+    assert "by state:" in headroom and "llm-research-api@127.0.0.1" in headroom
+    assert "llm-research-api@127.0.0.1" in run.check("check_no_idle_connection_leak")["message"]
+
+
+def test_long_query_points_to_high_latency(healed: Any) -> None:
+    healed.fault("long-query")
+    run = healed.wait_for(lambda r: r.outcome("check_no_long_running_queries") == "failed",
+                          "--set", "db_long_query_s=1", CHECKS, deadline_s=30, what="long-query check failing")
+    check = run.check("check_no_long_running_queries")
+    assert check["scenario"] == "high-latency" and "high-latency" in run.scenario_ids()
+    assert check["facts"] == {"long_running_queries": True}
+    assert "pid " in check["message"] and "state active" in check["message"]
+    assert "pg_sleep($1)" in check["message"]
+    mitigation = next(s for s in run.triage["scenarios"] if s["id"] == "high-latency")
+    assert any("Kill long-running queries" in str(step) for step in mitigation.get("mitigation", [])), mitigation
+
+
+def test_blocking_lock_names_the_blocker(healed: Any) -> None:
+    healed.fault("blocking-lock")
+    run = healed.wait_for(lambda r: r.outcome("check_no_blocking_locks") == "failed",
+                          "--set", "db_lock_wait_s=1", CHECKS, deadline_s=30, what="blocking-lock check failing")
+    message = run.check("check_no_blocking_locks")["message"]
+    assert "high-latency" in run.scenario_ids()
+    assert "LOCK TABLE experiments IN ACCESS EXCLUSIVE MODE" in message and "blocks" in message
+
+
+def test_idle_in_transaction_fails(healed: Any) -> None:
+    healed.fault("idle-in-transaction")
+    run = healed.wait_for(lambda r: r.outcome("check_no_long_idle_in_transaction") == "failed",
+                          "--set", "db_idle_in_tx_max_s=1", CHECKS, deadline_s=30,
+                          what="idle-in-transaction check failing")
+    message = run.check("check_no_long_idle_in_transaction")["message"]
+    assert "3 session(s)" in message and "idle in transaction for" in message
+    assert "db-connection-exhaustion" in run.scenario_ids()
+
+
+def test_too_many_clients_fails_connect_and_leaves_the_rest_unknown(healed: Any) -> None:
+    healed.fault("db-pool-leak", fill=1.0)
+    with Footprint(healed) as watch:
+        run = healed.run_checks(CHECKS)
+    connect = run.check("check_database_accepts_connections")
+    assert connect["outcome"] == "failed" and "too many clients" in connect["message"], connect
+    assert "db-connection-exhaustion" in run.scenario_ids()
+    for name in SNAPSHOT_CHECKS:
+        check = run.check(name)
+        assert check["outcome"] == "unknown" and "too many clients" in check["message"], check
+    # The pool check reads the application's /metrics, not PostgreSQL: it still sees the leak.
+    assert run.outcome("check_pool_not_saturated") == "failed"
+    assert watch.most == 0
+    password = healed.settings["database_url"].split(":")[2].split("@")[0]
+    assert password not in run.stdout and password not in (run.reports / "triage.json").read_text()
