@@ -1,0 +1,66 @@
+"""Metrics collection: is Prometheus ready, scraping every target, fresh, and holding what the checks read?"""
+
+from __future__ import annotations
+
+import pytest
+
+# Which checks read each application series: when it is missing they report UNKNOWN (no data).
+DEPENDENTS = {
+    "http_requests_total": "API 5xx ratio checks (api_gateway), 401/403 ratio (auth)",
+    "http_request_duration_seconds_bucket": "API p95 latency (api_gateway)",
+    "db_pool_connections": "connection pool saturation (database)",
+    "db_pool_waiters": "connection pool waiters (database)",
+}
+
+# Losing metrics collection blinds monitoring, users are not affected: SEV-3 (impact matrix).
+
+
+@pytest.mark.sev3
+@pytest.mark.metrics
+def check_prometheus_ready(prom, expect):
+    # Prometheus not answering *is* the condition here (like the API's /health), so it fails;
+    # the checks that read Prometheus report UNKNOWN instead.
+    attempt = prom.ready()
+    ok = attempt.result is not None and attempt.result.status == 200
+    expect(ok, target=f"GET {attempt.url}", observed=attempt.describe(), threshold="HTTP 200",
+           detail="while Prometheus is down, every check that reads it is a blind spot",
+           evidence=attempt.result.exchange() if attempt.result else None)
+
+
+@pytest.mark.sev3
+@pytest.mark.metrics
+def check_scrape_targets_up(prom, expect):
+    targets = prom.targets()
+    down = [t for t in targets if t.health != "up"]
+    expect(not down, target=f"Prometheus scrape targets ({len(targets)} active)",
+           observed=f"{len(down)} not up: " + ", ".join(t.name for t in down) if down else "all up",
+           threshold="every target up",
+           detail="; ".join(f"{t.name} ({t.scrape_url}) {t.health}: {t.last_error or 'no error reported'}"
+                            for t in down),
+           evidence=[vars(t) for t in down])
+
+
+@pytest.mark.sev3
+@pytest.mark.metrics
+def check_scrapes_fresh(prom, settings, expect):
+    rows = prom.freshness()
+    stale = [f for f in rows if not f.fresh]
+    expect(not stale, target=f"age of the last `up` sample of {len(rows)} scrape targets",
+           observed=", ".join(f"{f.target.name} " + (f"{f.age_s:.1f} s" if f.age_s is not None else "no sample")
+                              for f in stale) or "all fresh",
+           threshold=f"<= {settings.scrape_stale_factor:g} x each target's scrape interval",
+           detail="; ".join(f"{f.target.name}: limit {f.limit_s:g} s, last scrape {f.target.last_scrape}"
+                            for f in stale),
+           evidence=[{"target": f.target.name, "age_s": f.age_s, "limit_s": f.limit_s} for f in rows])
+
+
+@pytest.mark.sev3
+@pytest.mark.metrics
+def check_app_exposes_series(prom, series_name, expect):
+    counts = prom.series_present()
+    found = counts[series_name]
+    needed_by = DEPENDENTS.get(series_name, "checks configured in app_series")
+    expect(found > 0, target=f"series {series_name} in Prometheus", observed=f"{found} series",
+           threshold="at least one series",
+           detail=f"missing: {needed_by} report UNKNOWN (no data) until the application exposes it",
+           evidence={"series": counts})

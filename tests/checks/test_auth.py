@@ -1,0 +1,160 @@
+"""The auth checks against the live sandbox, a stand-in open API and a stand-in Prometheus."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+CHECKS = "checks/auth.py"
+ALL_CHECKS = ("check_jwt_secret_present[JWT_SECRET]", "check_test_token_accepted",
+              "check_request_without_token_rejected", "check_auth_error_ratio", "check_clock_skew")
+
+Answer = Callable[[str, str], tuple[int, Any]]
+
+
+class StandIn:
+    """A small HTTP server answering GETs from a function of (path, query) -> (status, JSON body)."""
+
+    def __init__(self, answer: Answer) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                status, doc = answer(parts.path, parts.query)
+                body = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Date", formatdate(usegmt=True))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stand_in() -> Iterator[Callable[[Answer], StandIn]]:
+    servers: list[StandIn] = []
+
+    def start(answer: Answer) -> StandIn:
+        servers.append(StandIn(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _vector(value: float | None) -> dict[str, Any]:
+    result = [] if value is None else [{"metric": {}, "value": [0, str(value)]}]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+# --- against the live sandbox ----------------------------------------------------------------
+
+
+def test_healthy_sandbox_passes_every_auth_check(healed: Any) -> None:
+    run = healed.wait_for(lambda r: all(r.outcome(c) == "passed" for c in ALL_CHECKS), CHECKS,
+                          deadline_s=60, what="every auth check passing")
+    assert run.triage["facts"]["clock_skew"] is False
+    assert run.triage["facts"]["secret_rotation"] is False
+
+
+def test_rotated_secret_rejects_the_token_and_points_to_rotation(healed: Any) -> None:
+    healed.fault("auth-secret-rotated")
+    run = healed.wait_for(lambda r: r.outcome("check_test_token_accepted") == "failed", CHECKS,
+                          deadline_s=30, what="test token check failing")
+    token = run.check("check_test_token_accepted")
+    assert token["severity"] == "SEV-1"
+    assert "HTTP 401" in token["message"] and "secret rotation" in token["message"]
+    assert run.outcome("check_jwt_secret_present[JWT_SECRET]") == "passed"  # rotated, not lost
+    assert run.triage["severity"] == "SEV-1"
+    assert run.triage["probable_cause"]["scenario"] == "auth-failure"
+    assert run.triage["facts"]["secret_rotation"] is True
+    steps = {s["step"]: s for s in run.triage["next_steps"] if s["scenario"] == "auth-failure"}
+    assert steps["If secret rotation issue: verify and fix secrets"]["condition"] == "true"
+    # Neither secret's value reaches any report.
+    from labcheck.sandbox import manager
+
+    secrets = (manager.load_state() or {}).get("secrets", {})
+    values = [secrets.get("jwt_secret"), secrets.get("rotated_jwt_secret")]
+    assert all(values)
+    reports = "".join(p.read_text(errors="replace") for p in run.reports.rglob("*") if p.is_file())
+    assert not [v for v in values if v in reports]
+
+
+def test_clock_skew_fails_and_names_ntp(healed: Any) -> None:
+    healed.fault("clock-skew", seconds=120)
+    run = healed.wait_for(lambda r: r.outcome("check_clock_skew") == "failed", CHECKS,
+                          deadline_s=30, what="clock skew check failing")
+    skew = run.check("check_clock_skew")
+    assert skew["severity"] == "SEV-2" and skew["scenario"] == "auth-failure"
+    assert "ahead of the local clock" in skew["message"]
+    assert run.outcome("check_test_token_accepted") == "passed"
+    assert run.triage["facts"]["clock_skew"] is True
+    assert "auth-failure" in run.scenario_ids()
+    steps = {s["step"]: s for s in run.triage["next_steps"]}
+    assert steps["If clock skew: check NTP sync on pods"]["condition"] == "true"
+
+
+def test_an_open_endpoint_is_a_sev1_failure(healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
+    api = stand_in(lambda path, query: (200, {"experiments": []}))
+    run = healed.run_checks(CHECKS, "--api-url", api.url, "--set", "test_token=t0ken-for-the-stand-in")
+    check = run.check("check_request_without_token_rejected")
+    assert check["outcome"] == "failed"
+    assert "open to anyone" in check["message"]
+    assert run.outcome("check_test_token_accepted") == "passed"
+    assert run.triage["severity"] == "SEV-1"
+
+
+def test_token_check_is_unknown_without_a_token(healed: Any) -> None:
+    run = healed.run_checks(CHECKS, "-k", "token_accepted", "--api-url", healed.settings["api_url"])
+    check = run.check("check_test_token_accepted")
+    assert check["outcome"] == "unknown" and "test_token is not configured" in check["message"]
+
+
+def test_auth_error_ratio_fails_and_compares_with_an_hour_before(
+        healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
+    def answer(path: str, query: str) -> tuple[int, Any]:
+        expr = parse_qs(query).get("query", [""])[0]
+        earlier = "offset 1h" in expr
+        if "401|403" in expr:
+            return 200, _vector(1.0 if earlier else 5.0)
+        return 200, _vector(20.0)
+
+    prom = stand_in(answer)
+    run = healed.run_checks(CHECKS, "-k", "auth_error_ratio", "--prometheus-url", prom.url)
+    check = run.check("check_auth_error_ratio")
+    assert check["outcome"] == "failed"
+    assert "observed 25.0% (5.0% 1h earlier)" in check["message"]
+    assert "auth-failure" in run.scenario_ids()
+
+
+def test_auth_error_ratio_says_when_there_is_nothing_to_compare(
+        healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
+    def answer(path: str, query: str) -> tuple[int, Any]:
+        expr = parse_qs(query).get("query", [""])[0]
+        if "offset 1h" in expr:
+            return 200, _vector(None)
+        return 200, _vector(0.0 if "401|403" in expr else 20.0)
+
+    prom = stand_in(answer)
+    run = healed.run_checks(CHECKS, "-k", "auth_error_ratio", "--prometheus-url", prom.url)
+    check = run.check("check_auth_error_ratio")
+    assert check["outcome"] == "passed"
+    assert check["observed"][0]["observed"] == "0.0% (no data 1h earlier to compare with)"

@@ -1,0 +1,169 @@
+"""The metrics collection checks: durations, then the live sandbox, a stopped and an empty Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from labcheck.fixtures.platform import prom_duration_s
+
+CHECKS = "checks/metrics.py"
+SERIES = ("http_requests_total", "http_request_duration_seconds_bucket", "db_pool_connections", "db_pool_waiters")
+ALL_CHECKS = ("check_prometheus_ready", "check_scrape_targets_up", "check_scrapes_fresh",
+              *(f"check_app_exposes_series[{s}]" for s in SERIES))
+READS_PROMETHEUS = ("check_scrape_targets_up", "check_scrapes_fresh",
+                    *(f"check_app_exposes_series[{s}]" for s in SERIES),
+                    "check_api_is_not_failing_most_requests", "check_error_ratio_below_sev2",
+                    "check_p95_latency_below_threshold", "check_auth_error_ratio")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("1s", 1.0), ("15s", 15.0), ("1m30s", 90.0), ("500ms", 0.5), ("2h", 7200.0), ("", None), ("1x", None),
+])
+def test_scrape_intervals_are_read(text: str, seconds: float | None) -> None:
+    assert prom_duration_s(text) == seconds
+
+
+# --- a stand-in Prometheus with no data ------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakePrometheus:
+    """Answers the Prometheus HTTP API: ready, one healthy target, and empty vectors."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                parts = urlsplit(self.path)
+                if parts.path == "/-/ready":
+                    self._send(200, b"Prometheus Server is Ready.\n", "text/plain")
+                elif parts.path == "/api/v1/targets":
+                    target = {"labels": {"job": "api", "instance": "x:1"}, "health": "up", "lastError": "",
+                              "scrapeInterval": "15s", "scrapeUrl": "http://x:1/metrics", "lastScrape": ""}
+                    self._json({"status": "success", "data": {"activeTargets": [target]}})
+                elif parts.path == "/api/v1/query":
+                    query = parse_qs(parts.query).get("query", [""])[0]
+                    fake.queries.append(query)
+                    result = []
+                    if "timestamp(up)" in query:
+                        result = [{"metric": {"job": "api", "instance": "x:1"}, "value": [0, "3"]}]
+                    self._json({"status": "success", "data": {"resultType": "vector", "result": result}})
+                else:
+                    self._send(404, b"not found", "text/plain")
+
+            def _json(self, doc: Any) -> None:
+                self._send(200, json.dumps(doc).encode(), "application/json")
+
+            def _send(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def empty_prometheus() -> Iterator[FakePrometheus]:
+    fake = FakePrometheus()
+    yield fake
+    fake.close()
+
+
+# --- against the live sandbox ----------------------------------------------------------------
+
+
+def test_healthy_sandbox_passes_every_metrics_check(healed: Any) -> None:
+    run = healed.wait_for(lambda r: all(r.outcome(c) == "passed" for c in ALL_CHECKS), CHECKS,
+                          deadline_s=60, what="every metrics check passing")
+    assert run.triage["severity"] is None
+
+
+def test_stopped_prometheus_is_a_failure_and_blinds_the_checks_that_read_it(healed: Any) -> None:
+    port = _closed_port()
+    run = healed.run_checks(CHECKS, "checks/api_gateway.py", "checks/auth.py",
+                            "--prometheus-url", f"http://127.0.0.1:{port}",
+                            "--api-url", healed.settings["api_url"])
+    ready = run.check("check_prometheus_ready")
+    assert ready["outcome"] == "failed"
+    assert "connection refused" in ready["message"]
+    for name in READS_PROMETHEUS:
+        check = run.check(name)
+        assert check["outcome"] == "unknown", (name, check)
+        assert f"127.0.0.1:{port}" in check["message"]
+    blind = {b["nodeid"].split("::")[1] for b in run.triage["blind_spots"]}
+    assert {"check_error_ratio_below_sev2", "check_auth_error_ratio"} <= blind
+
+
+def test_missing_application_series_fail_here_and_are_unknown_where_read(
+        healed: Any, empty_prometheus: FakePrometheus) -> None:
+    run = healed.run_checks(CHECKS, "checks/api_gateway.py", "checks/auth.py",
+                            "--prometheus-url", empty_prometheus.url, "--api-url", healed.settings["api_url"])
+    assert run.outcome("check_prometheus_ready") == "passed"
+    assert run.outcome("check_scrape_targets_up") == "passed"
+    assert run.outcome("check_scrapes_fresh") == "passed"
+    for series in SERIES:
+        check = run.check(f"check_app_exposes_series[{series}]")
+        assert check["outcome"] == "failed"
+        assert series in check["message"] and "UNKNOWN" in check["message"]
+    for name, series in (("check_error_ratio_below_sev2", "http_requests_total"),
+                         ("check_api_is_not_failing_most_requests", "http_requests_total"),
+                         ("check_p95_latency_below_threshold", "http_request_duration_seconds"),
+                         ("check_auth_error_ratio", "http_requests_total")):
+        check = run.check(name)
+        assert check["outcome"] == "unknown", (name, check)
+        assert series in check["message"]
+    assert run.triage["severity"] == "SEV-3"
+
+
+def test_stale_scrapes_fail(healed: Any, empty_prometheus: FakePrometheus) -> None:
+    # The stand-in's only target was last sampled 3 s ago: fresh at 15 s, stale at a factor of 0.1.
+    args = (CHECKS, "-k", "fresh", "--prometheus-url", empty_prometheus.url)
+    assert healed.run_checks(*args).outcome("check_scrapes_fresh") == "passed"
+    stale = healed.run_checks(*args, "--set", "scrape_stale_factor=0.1").check("check_scrapes_fresh")
+    assert stale["outcome"] == "failed"
+    assert "api/x:1 3.0 s" in stale["message"]
+
+
+def test_a_target_down_is_named(healed: Any) -> None:
+    from labcheck.sandbox import manager
+
+    pid = healed.state["services"]["pushgateway"]["pid"]
+    os.kill(pid, signal.SIGTERM)  # a process of our own sandbox, by its PID
+    try:
+        run = healed.wait_for(lambda r: r.outcome("check_scrape_targets_up") == "failed", CHECKS, "-k", "targets",
+                              deadline_s=30, what="scrape target check failing")
+        message = run.check("check_scrape_targets_up")["message"]
+        assert "1 not up: pushgateway/" in message
+        assert "api/" not in message.split("\n")[0]
+    finally:
+        healed.state = manager.up(port_offset=int(os.environ.get("LABCHECK_SANDBOX_PORT_OFFSET", "0")))
+    healed.wait_for(lambda r: r.outcome("check_scrape_targets_up") == "passed", CHECKS, "-k", "targets",
+                    deadline_s=30, what="every target up again")
