@@ -1,0 +1,260 @@
+"""Kubernetes: are the platform's pods ready and stable, its nodes healthy, its rollouts and secret known?"""
+
+from __future__ import annotations
+
+import pytest
+
+from labcheck.errors import NoData
+from labcheck.probes import kube as k8s
+
+# Severities follow the workload a condition hits. @pytest.mark.workload(api=..., workers=...) gives
+# one test id per deployment (api_deployment, workers_deployment); the API pods carry the
+# api_gateway component (impact matrix: SEV-1, every user), the experiment workers the experiments
+# component (SEV-2, active experiments), so the same condition is one level lower on the workers.
+
+
+STARTUP_S = 60.0  # a container that dies sooner after starting failed at startup
+
+
+def _pods(kube, deployment):
+    selector, pods = kube.pods_for(deployment)
+    return f"pods of deployment/{deployment} ({selector}) in namespace {kube.namespace}", pods
+
+
+def _lines(items, limit=10):
+    shown = list(items)
+    more = f"\n  ... and {len(shown) - limit} more" if len(shown) > limit else ""
+    return "\n".join(f"  {line}" for line in shown[:limit]) + more
+
+
+@pytest.mark.workload(api="sev1", workers="sev2")
+@pytest.mark.scenario("pod-crash-loop")
+def check_deployment_has_a_ready_pod(kube, deployment, expect):
+    # No Ready pod means no endpoint behind the Service: the API is down for everyone (SEV-1);
+    # for the workers, no experiment executes (SEV-2).
+    target, pods = _pods(kube, deployment)
+    ready = [p for p in pods if k8s.pod_is_ready(p)]
+    expect(bool(ready), target=target, observed=f"{len(ready)} of {len(pods)} pods Ready",
+           threshold="at least 1 pod Ready",
+           detail=("pods:\n" + _lines(k8s.describe_pod(p) for p in pods)) if pods
+           else "no pod matches the selector")
+
+
+@pytest.mark.workload(api="sev2", workers="sev3")
+@pytest.mark.scenario("pod-crash-loop")
+def check_every_pod_is_ready(kube, deployment, expect):
+    # Some pods not Ready: the rest still serve, but with less capacity and with requests dropped
+    # while pods flap; the playbook's "service degradation" (SEV-2 for the API). A worker short
+    # slows experiments without stopping them (SEV-3).
+    target, pods = _pods(kube, deployment)
+    if not pods:
+        raise NoData("no pod matches the selector (the sev1/sev2 ready-pod check judges that)", target=target)
+    not_ready = [p for p in pods if not k8s.pod_is_ready(p)]
+    expect(not not_ready, target=target, observed=f"{len(not_ready)} of {len(pods)} pods not Ready",
+           threshold="every pod Ready", detail="not Ready:\n" + _lines(k8s.describe_pod(p) for p in not_ready))
+
+
+@pytest.mark.workload(api="sev2", workers="sev3")
+@pytest.mark.scenario("pod-crash-loop")
+def check_no_container_crash_looping(kube, deployment, expect):
+    # A container in CrashLoopBackOff (or unable to pull its image or read its config) is a pod
+    # out of service that will not come back by itself: SEV-2 on the API (degradation; all pods
+    # down is the sev1 ready-pod check), SEV-3 on the workers.
+    target, pods = _pods(kube, deployment)
+    if not pods:
+        raise NoData("no pod matches the selector", target=target)
+    stuck = [(p, cs) for p in pods for cs in k8s.container_statuses(p)
+             if (k8s.waiting(cs) or {}).get("reason") in k8s.BAD_WAITING]
+    reasons = sorted({str((k8s.waiting(cs) or {}).get("reason")) for _, cs in stuck})
+    # Facts for the scenario's advice. "If panic/crash: rollback" unless the container was
+    # OOM-killed (that advice is the OOM check's); "if startup failure: check configs, secrets,
+    # dependencies" when it cannot start (image, config) or dies within STARTUP_S of starting.
+    looping = [cs for _, cs in stuck if (k8s.waiting(cs) or {}).get("reason") in k8s.CRASH_WAITING
+               and (k8s.last_termination(cs) or {}).get("reason") != "OOMKilled"]
+    expect.fact("crash", bool(looping))
+    expect.fact("startup_failure", any((k8s.waiting(cs) or {}).get("reason") in k8s.STARTUP_WAITING
+                                       for _, cs in stuck)
+                or any((k8s.lifetime_s(k8s.last_termination(cs)) or STARTUP_S) < STARTUP_S for cs in looping))
+    lines = []
+    for pod, cs in stuck:
+        w = k8s.waiting(cs) or {}
+        lines.append(f"pod {k8s.name_of(pod)} container {cs.get('name')}: waiting {w.get('reason')}, "
+                     f"restarts {cs.get('restartCount', 0)}, last termination "
+                     f"{k8s.describe_termination(k8s.last_termination(cs))}")
+    expect(not stuck, target=target,
+           observed=f"{len(stuck)} container(s) waiting in {', '.join(reasons)}" if stuck else "no container stuck",
+           threshold="no container waiting in CrashLoopBackOff, ImagePullBackOff or CreateContainerConfigError",
+           detail=_lines(lines))
+
+
+@pytest.mark.workload(api="sev2", workers="sev3")
+@pytest.mark.scenario("pod-crash-loop")
+def check_no_recent_oom_kill(kube, deployment, settings, expect):
+    # An OOM kill drops every request in flight on that pod and recurs under the same load until
+    # the limit is raised: SEV-2 on the API. On a worker it kills one experiment run (SEV-3).
+    target, pods = _pods(kube, deployment)
+    if not pods:
+        raise NoData("no pod matches the selector", target=target)
+    window = float(settings.restart_window_s)
+    now = kube.now()
+    kills = []
+    for pod in pods:
+        for cs in k8s.container_statuses(pod):
+            term = k8s.last_termination(cs) or {}
+            finished = k8s.parse_time(term.get("finishedAt"))
+            if term.get("reason") == "OOMKilled" and finished is not None and finished >= now - window:
+                kills.append((pod, cs, term, now - finished))
+    expect.fact("oom_killed", bool(kills))
+    lines = []
+    for pod, cs, term, age in kills:
+        res = k8s.memory_and_cpu(k8s.container_spec(pod, str(cs.get("name"))))["memory"]
+        lines.append(f"pod {k8s.name_of(pod)} container {cs.get('name')}: OOMKilled (exit code "
+                     f"{term.get('exitCode')}) at {term.get('finishedAt')} ({k8s.human_age(age)} ago); "
+                     f"memory limit {res['limit'] or 'none'}, request {res['request'] or 'none'}; "
+                     f"restarts {cs.get('restartCount', 0)}")
+    expect(not kills, target=f"{target}, last {window:g} s",
+           observed=f"{len(kills)} container(s) OOMKilled" if kills else "no OOM kill",
+           threshold="no container OOMKilled within the window",
+           detail=_lines(lines) + ("\nmitigation: increase the memory limit above the current one" if kills else ""))
+
+
+@pytest.mark.workload(api="sev3", workers="sev3")
+@pytest.mark.scenario("pod-crash-loop")
+def check_restarts_within_window(kube, deployment, settings, expect):
+    # Frequent restarts take one pod out of service at a time and come back: limited impact
+    # (SEV-3). Counted as a rate within restart_window_s, never lifetime totals: a pod that
+    # restarted 40 times last month and not since is healthy.
+    target, pods = _pods(kube, deployment)
+    if not pods:
+        raise NoData("no pod matches the selector", target=target)
+    window, limit = float(settings.restart_window_s), int(settings.restart_max)
+    events = kube.events()
+    cutoff = kube.now() - window
+    counts = sorted(((k8s.restarts_within(p, cs, events, cutoff), p, cs)
+                     for p in pods for cs in k8s.container_statuses(p)), key=lambda c: c[0], reverse=True)
+    if not counts:
+        raise NoData("the pods report no container statuses", target=target)
+    worst, pod, cs = counts[0]
+    over = [c for c in counts if c[0] > limit]
+    expect(not over, target=f"container restarts of deployment/{deployment}, last {window:g} s",
+           observed=f"at most {worst} restart(s) ({k8s.name_of(pod)}/{cs.get('name')})",
+           threshold=f"<= {limit} per container within {window:g} s",
+           detail=_lines(f"pod {k8s.name_of(p)} container {c.get('name')}: {n} restart(s) in the window, "
+                         f"{c.get('restartCount', 0)} in its lifetime; last termination "
+                         f"{k8s.describe_termination(k8s.last_termination(c))}" for n, p, c in over))
+
+
+@pytest.mark.workload(api="sev4", workers="sev4")
+def check_containers_declare_limits(kube, deployment, expect):
+    # Hygiene (SEV-4): without limits a leak starves its node's neighbours instead of being
+    # OOM-killed on its own, and the OOM check cannot quote a limit to raise.
+    target, pods = _pods(kube, deployment)
+    if not pods:
+        raise NoData("no pod matches the selector", target=target)
+    missing = {}
+    for pod in pods:
+        for container in k8s.containers(pod):
+            res = k8s.memory_and_cpu(container)
+            lacks = [kind for kind in ("memory", "cpu") if not res[kind]["limit"]]
+            if lacks:
+                missing.setdefault(str(container.get("name")), (k8s.name_of(pod), lacks))
+    expect(not missing, target=target,
+           observed=f"{len(missing)} container(s) without limits" if missing else "every container has limits",
+           threshold="memory and CPU limits on every container",
+           detail=_lines(f"container {c} (e.g. pod {p}): no {' or '.join(lacks)} limit"
+                         for c, (p, lacks) in sorted(missing.items())))
+
+
+@pytest.mark.sev2
+@pytest.mark.kubernetes
+@pytest.mark.scenario("pod-crash-loop")
+def check_nodes_ready_without_pressure(kube, expect):
+    # A NotReady or pressured node takes its pods out of service (and evicts them after the
+    # toleration), the other nodes keep serving: major degradation (SEV-2). Every node down shows
+    # as the sev1 ready-pod check.
+    nodes = kube.nodes()
+    if not nodes:
+        raise NoData("the cluster lists no nodes", target=kube.target)
+    bad = {k8s.name_of(n): k8s.node_problems(n) for n in nodes if k8s.node_problems(n)}
+    expect.fact("node_issue", bool(bad))
+    lines = []
+    for name, problems in sorted(bad.items()):
+        pods = ", ".join(k8s.name_of(p) for p in kube.pods_on(name)) or "none"
+        lines.append(f"node {name}: {'; '.join(problems)}; pods in {kube.namespace} on it: {pods}")
+    if bad:
+        lines.append("mitigation: drain and replace the node: kubectl drain <node> --ignore-daemonsets "
+                     "--delete-emptydir-data")
+    expect(not bad, target=f"nodes of the cluster ({len(nodes)})",
+           observed=f"{len(bad)} of {len(nodes)} nodes unhealthy: {', '.join(sorted(bad))}" if bad
+           else f"{len(nodes)} nodes Ready",
+           threshold="Ready=True and no MemoryPressure, DiskPressure or PIDPressure", detail=_lines(lines))
+
+
+def _status_line(st):
+    return (f"{st['available']} of {st['desired']} available (ready {st['ready']}, updated {st['updated']}, "
+            f"revision {st['revision']})")
+
+
+def _conditions(st):
+    return _lines(f"{kind}={c.get('status')} {c.get('reason') or ''}: {c.get('message') or ''}"
+                  for kind, c in sorted(st["conditions"].items()))
+
+
+@pytest.mark.workload(api="sev1", workers="sev2")
+@pytest.mark.scenario("pod-crash-loop")
+def check_deployment_has_available_replicas(kube, deployment, expect):
+    # No available replica: the API is down (SEV-1); nothing runs experiments (SEV-2).
+    st = kube.deployment_status(deployment)
+    expect(st["available"] >= 1, target=f"deployment/{deployment} in namespace {kube.namespace}",
+           observed=_status_line(st), threshold="at least 1 available replica", detail=_conditions(st))
+
+
+@pytest.mark.workload(api="sev2", workers="sev3")
+@pytest.mark.scenario("pod-crash-loop")
+def check_deployment_has_desired_replicas_available(kube, deployment, expect):
+    # Fewer available replicas than desired: reduced capacity while serving (SEV-2 on the API,
+    # SEV-3 on the workers, where queued experiments only wait longer).
+    st = kube.deployment_status(deployment)
+    expect(st["available"] >= st["desired"], target=f"deployment/{deployment} in namespace {kube.namespace}",
+           observed=_status_line(st), threshold=f"{st['desired']} available (the desired replicas)",
+           detail=_conditions(st))
+
+
+@pytest.mark.workload(api="sev4", workers="sev4")
+def check_recent_rollout_is_recorded(kube, deployment, settings, expect):
+    # Information, never a failure (so the lowest severity): a rollout younger than
+    # rollout_window_s is recorded as a fact; when sev1/sev2 checks fail in the same run, the
+    # verdict names it as a suspect with the `kubectl rollout undo --to-revision` command.
+    rollout = kube.latest_rollout(deployment)
+    window = float(settings.rollout_window_s)
+    recent = rollout.age_s is not None and rollout.age_s < window
+    expect.fact("recent_deployment", recent)
+    if recent:
+        expect.fact("recent_rollout", rollout.fact())
+    expect(True, target=f"rollout history of deployment/{deployment} in namespace {kube.namespace}",
+           observed=f"revision {rollout.revision} ({rollout.image}) rolled out {k8s.human_age(rollout.age_s)} ago"
+                    + (" (recent)" if recent else ""),
+           threshold=f"information: a rollout younger than {window:g} s is a suspect when sev1/sev2 checks fail")
+
+
+@pytest.mark.sev1
+@pytest.mark.auth
+@pytest.mark.scenario("auth-failure")
+def check_platform_credentials_have_expected_keys(kube, settings, expect):
+    # The API reads its signing key from this secret: without it (or with an empty key) new pods
+    # fail to start or reject every token, so authentication is down (SEV-1, as the auth checks
+    # classify it). Key names only: the values are never read into any report.
+    name = settings.secret_name
+    keys = kube.secret_keys(name)
+    expected = list(settings.secret_keys)
+    if keys is None:
+        observed, ok = "secret not found", False
+    else:
+        missing = [k for k in expected if k not in keys]
+        empty = [k for k in expected if k in keys and not keys[k]]
+        ok = not missing and not empty
+        observed = (f"keys present: {', '.join(sorted(keys)) or 'none'}"
+                    + (f"; missing: {', '.join(missing)}" if missing else "")
+                    + (f"; empty: {', '.join(empty)}" if empty else ""))
+    expect(ok, target=f"secret {kube.namespace}/{name}", observed=observed,
+           threshold=f"exists with non-empty keys {', '.join(expected)}")
