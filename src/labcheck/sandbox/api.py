@@ -1006,6 +1006,45 @@ def create_app(settings: Settings) -> Starlette:
         ]
         return JSONResponse({"experiments": items})
 
+    async def submit_experiment(request: Request) -> Response:
+        """POST /experiments?dry_run=true: validate a submission, schedule nothing (issue 8's canary)."""
+        if (injected := await platform.inject()) is not None:
+            return injected
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return unauthorized(None)
+        try:
+            platform.verify_token(token.strip())
+        except jwt.ExpiredSignatureError:
+            return unauthorized("token expired")
+        except jwt.PyJWTError:
+            return unauthorized("token invalid")
+        if request.query_params.get("dry_run", "").lower() not in ("1", "true", "yes"):
+            return JSONResponse({"error": "the sandbox accepts dry-run submissions only (?dry_run=true)"},
+                                status_code=501)
+        try:
+            spec = json.loads(await request.body() or b"null")
+        except json.JSONDecodeError:
+            spec = None
+        errors = []
+        if not isinstance(spec, dict):
+            errors.append("body must be a JSON object")
+        elif not isinstance(spec.get("name"), str) or not spec["name"].strip():
+            errors.append("name: a non-empty string is required")
+        if errors:
+            return JSONResponse({"dry_run": True, "valid": False, "errors": errors}, status_code=422)
+        if platform.pool is None:
+            return JSONResponse({"error": "database unavailable", "detail": platform.db_error}, status_code=503)
+        try:  # a real submission needs the database: so does its dry run
+            async with platform.pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except PoolTimeout:
+            return JSONResponse({"error": "database unavailable", "detail": "pool timeout"}, status_code=503)
+        except psycopg.Error as exc:
+            return JSONResponse({"error": "database error", "detail": _first_line(exc)}, status_code=503)
+        return JSONResponse({"dry_run": True, "valid": True,
+                             "experiment": {"name": spec["name"], "state": "queued", "id": None}})
+
     async def datasets(request: Request) -> Response:
         if (injected := await platform.inject()) is not None:
             return injected
@@ -1066,6 +1105,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
         Route("/experiments", experiments, methods=["GET"]),
+        Route("/experiments", submit_experiment, methods=["POST"]),
         Route("/datasets", datasets, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -1,0 +1,235 @@
+"""History checks: did the 5xx ratio and p95 latency stay under their thresholds in every minute?
+
+The gate's question after a mitigation is "has the service been stable since?", and Prometheus
+already holds the answer: one range query per signal, one point per minute, each point the worst
+value of the signal (computed over the configured rate ``window``) within that minute. Nobody has
+to sit out the playbook's 15 minutes when they have already passed.
+
+These checks are opt-in: they run when ``history_window`` is set (``labcheck gate`` sets it) or when
+``-m`` names ``history``; otherwise they are deselected, because during an incident the current
+value is what triage needs, not the last quarter of an hour.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from labcheck.config import Settings, duration_seconds
+from labcheck.errors import NoData, NotConfigured
+from labcheck.lab import Lab
+from labcheck.probes import prometheus
+
+MINUTE = 60.0
+DEFAULT_WINDOW = "15m"
+# The checks this module serves, by function name (the gate reads their outcome from triage.json).
+CHECK_NAMES = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
+NOT_YET = "not yet {minutes} of evidence"
+
+_HISTORY = re.compile(r"\bhistory\b")
+
+
+def minutes_text(seconds: float) -> str:
+    minutes = seconds / MINUTE
+    text = f"{minutes:g}" if minutes == int(minutes) else f"{minutes:.1f}"
+    return f"{text} minute" + ("" if minutes == 1 else "s")
+
+
+def clock(ts: float, *, date: bool = False) -> str:
+    stamp = datetime.fromtimestamp(ts, tz=UTC)
+    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC" if date else "%H:%M:%S")
+
+
+@dataclass(frozen=True)
+class Minute:
+    """One minute of history: its end, the signal's worst value in it, and where (e.g. the path)."""
+
+    end: float
+    value: float
+    where: str = ""
+
+    @property
+    def label(self) -> str:
+        start = datetime.fromtimestamp(self.end - MINUTE, tz=UTC)
+        end = datetime.fromtimestamp(self.end, tz=UTC)
+        return f"{start:%Y-%m-%d %H:%M:%S}-{end:%H:%M:%S} UTC"
+
+
+@dataclass(frozen=True)
+class History:
+    """A signal, minute by minute, over the evidence window."""
+
+    what: str
+    expr: str
+    wanted_s: float
+    evidence_start: float
+    now: float
+    since: float | None
+    rate_window: str
+    ends: tuple[float, ...]
+    minutes: tuple[Minute, ...] = field(default=())
+
+    @property
+    def missing(self) -> list[float]:
+        have = {round(m.end, 3) for m in self.minutes}
+        return [end for end in self.ends if round(end, 3) not in have]
+
+    def over(self, limit: float) -> list[Minute]:
+        return [m for m in self.minutes if m.value > limit]
+
+    def worst(self) -> Minute | None:
+        return max(self.minutes, key=lambda m: m.value, default=None)
+
+    def span(self) -> str:
+        """Where the evidence comes from, for the check's target text."""
+        base = f"{self.what} per minute (rate window {self.rate_window})"
+        if self.since is not None:
+            return f"{base} since the mitigation at {clock(self.since, date=True)}"
+        return f"{base} over the last {minutes_text(self.wanted_s)}"
+
+    def require_complete(self) -> None:
+        """Raise NoData unless every minute of the wanted window has a value (not yet, or gaps)."""
+        missing = set(self.missing)
+        leading = 0
+        for end in self.ends:
+            if end not in missing:
+                break
+            leading += 1
+        have = (len(self.ends) - leading) * MINUTE  # the unbroken evidence that ends now
+        if have < self.wanted_s:
+            not_yet = NOT_YET.format(minutes=minutes_text(self.wanted_s))
+            ready = self.now + (self.wanted_s - have)
+            if self.since is not None and len(self.ends) * MINUTE < self.wanted_s:
+                why = (f"only {minutes_text(have)} since the mitigation at {clock(self.since, date=True)} "
+                       f"(evidence starts one rate window, {self.rate_window}, after it)")
+            else:
+                why = f"Prometheus has {self.what} data for the last {minutes_text(have)} only"
+            raise NoData(f"{not_yet}: {why}; complete at {clock(ready, date=True)}", target="Prometheus")
+        if missing:
+            gaps = [end for end in self.ends if end in missing]
+            shown = ", ".join(clock(g) for g in gaps[:5])
+            raise NoData(f"no {self.what} data for {len(gaps)} of {len(self.ends)} minutes "
+                         f"(minutes ending {shown} UTC): cannot say every minute was under the threshold",
+                         target="Prometheus")
+
+    def evidence(self, limit: float) -> dict[str, Any]:
+        return {
+            "query": self.expr,
+            "step_s": MINUTE,
+            "since": clock(self.since, date=True) if self.since is not None else None,
+            "evidence_start": clock(self.evidence_start, date=True),
+            "end": clock(self.now, date=True),
+            "threshold": limit,
+            "minutes": [{"minute": m.label, "value": m.value, "where": m.where} for m in self.minutes],
+            "missing": [clock(end, date=True) for end in self.missing],
+        }
+
+
+class HistorySignals:
+    """The API's 5xx ratio and p95 latency, minute by minute, from Prometheus range queries."""
+
+    def __init__(self, lab: Lab, *, window: str, since: float | None, now: float | None = None) -> None:
+        self.lab = lab
+        self.window = window
+        self.wanted_s = duration_seconds(window)
+        self.since = since
+        self.now = round(now if now is not None else time.time(), 3)
+
+    @property
+    def rate_window(self) -> str:
+        return str(self.lab.settings.window)
+
+    def _resolution(self) -> str:
+        return f"{int(min(max(self.lab.settings.window_s, 1.0), MINUTE))}s"
+
+    def ends(self) -> tuple[float, ...]:
+        """The minute ends evaluated: whole minutes back from now, none reaching before the evidence start."""
+        if self.since is None:
+            count = int(math.ceil(self.wanted_s / MINUTE - 1e-9))
+        else:
+            count = int(math.floor((self.now - self.evidence_start()) / MINUTE + 1e-9))
+        return tuple(self.now - MINUTE * k for k in range(count - 1, -1, -1))
+
+    def evidence_start(self) -> float:
+        if self.since is None:
+            return self.now - self.wanted_s
+        # A minute right after the mitigation still has pre-mitigation requests in its rate window.
+        return self.since + self.lab.settings.window_s
+
+    def _series(self, what: str, expr: str) -> History:
+        ends = self.ends()
+        minutes: dict[float, Minute] = {}
+        if ends:
+            matrix = prometheus.query_range(self.lab, expr, start=ends[0], end=ends[-1], step=MINUTE)
+            for series in matrix:
+                where = series["labels"].get("path", "")
+                for ts, value in series["values"]:
+                    key = round(ts, 3)
+                    if key not in minutes or value > minutes[key].value:
+                        minutes[key] = Minute(end=ts, value=value, where=where)
+        return History(what=what, expr=expr, wanted_s=self.wanted_s, evidence_start=self.evidence_start(),
+                       now=self.now, since=self.since, rate_window=self.rate_window, ends=ends,
+                       minutes=tuple(sorted(minutes.values(), key=lambda m: m.end)))
+
+    def error_ratio(self) -> History:
+        """The overall 5xx ratio; each minute's value is its worst ``window`` ratio."""
+        w, res = self.rate_window, self._resolution()
+        ratio = (f'(sum(rate(http_requests_total{{status=~"5.."}}[{w}])) or vector(0))'
+                 f" / sum(rate(http_requests_total[{w}]))")
+        return self._series("API 5xx ratio", f"max_over_time(({ratio})[1m:{res}])")
+
+    def p95_latency(self) -> History:
+        """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95."""
+        w, res = self.rate_window, self._resolution()
+        p95 = f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{w}])))"
+        return self._series("API p95 latency", f"max_over_time(({p95})[1m:{res}])")
+
+
+# --- the opt-in rule, the marker and the fixture ----------------------------------------------
+
+
+def history_window(config: pytest.Config, settings: Settings | None) -> str | None:
+    """The look-back when this run asked for history checks, else None."""
+    if settings is not None and settings.history_window:
+        return str(settings.history_window)
+    markexpr = str(getattr(config.option, "markexpr", "") or "")
+    if _HISTORY.search(markexpr) and not re.search(r"\bnot\s+history\b", markexpr):
+        return DEFAULT_WINDOW
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "history: a check over the last minutes of Prometheus history; runs "
+                                       "only when history_window is set (labcheck gate) or -m names it.")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``history``-marked checks unless the run asked for history."""
+    from labcheck.plugin import settings_key
+
+    if history_window(config, config.stash.get(settings_key, None)):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        (drop if item.get_closest_marker("history") is not None else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def history(pytestconfig: pytest.Config, lab: Lab) -> HistorySignals:
+    """The API's signals minute by minute over ``history_window`` (or since ``history_since``)."""
+    window = history_window(pytestconfig, lab.settings)
+    if window is None:
+        raise NotConfigured("history_window is not set: history checks run under labcheck gate",
+                            target="Prometheus")
+    return HistorySignals(lab, window=window, since=lab.settings.history_since)
