@@ -14,6 +14,13 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-pushgateway >/dev/null 2>&1 || need_apt+=(prometheus-pushgateway)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+# The Allure report's browser test runs Debian's Chromium.
+if [ "${1:-}" = "test" ]; then
+  command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "quickstart: installing Debian packages: ${need_apt[*]}"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -27,6 +34,12 @@ done
 echo "quickstart: installing labcheck and its dependencies (pip)"
 $PYTHON -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
 $PYTHON -c "import labcheck.plugin, starlette, moto, psycopg_pool" || { echo "quickstart: pip install failed" >&2; exit 1; }
+
+# Allure 3 (npm package `allure`, no Java) for `labcheck report`, pinned by node/package-lock.json.
+if [ ! -x node/node_modules/.bin/allure ]; then
+  echo "quickstart: installing Allure 3 (npm)"
+  npm ci --prefix node --no-audit --no-fund --loglevel=error >/dev/null
+fi
 
 case "${1:-}" in
   triage)

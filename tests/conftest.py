@@ -73,7 +73,7 @@ class Sandbox:
         """Run `pytest checks` in a subprocess, with its own reports directory."""
         self.runs += 1
         reports = self.tmp / f"run{self.runs}"
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--reports-dir", str(reports),
+        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--reports-dir={reports}",
                *args]
         if not any(a.startswith("checks") for a in args):
             cmd.append("checks")

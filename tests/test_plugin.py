@@ -181,3 +181,62 @@ def test_secrets_in_assertion_messages_are_redacted(pytester: pytest.Pytester,
                                if p.is_file())
     for secret in ("hunter2secret", "abcdef123456", "eyJhbGciOiJIUzI1NiJ9"):
         assert secret not in everything
+
+
+SLOW = """
+import time, pytest
+
+@pytest.mark.sev2
+@pytest.mark.docs
+def check_first(expect):
+    expect(True, target="t", observed="ok", threshold="ok")
+
+@pytest.mark.sev1
+@pytest.mark.database
+def check_slow():
+    {marker}
+    time.sleep(30)
+
+@pytest.mark.sev1
+@pytest.mark.auth
+def check_after(expect):
+    expect(True, target="t", observed="ok", threshold="ok")
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_still_writes_triage(pytester: pytest.Pytester, signame: str) -> None:
+    import signal
+    import time
+
+    pytester.mkdir("checks")
+    marker = pytester.path / "started"
+    pytester.path.joinpath("checks", "test_slow.py").write_text(
+        SLOW.replace("{marker}", f"open({str(marker)!r}, 'w').close()"))
+    proc = pytester.popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--no-sandbox",
+                           f"--scenarios-dir={SCENARIOS}", f"--reports-dir={pytester.path / 'reports'}", "checks"],
+                          stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the slow check never started"
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signame))
+    proc.wait(timeout=30)
+    data = triage(pytester)
+    outcomes = {c["nodeid"].split("::")[1]: (c["outcome"], c["message"]) for c in data["checks"]}
+    assert outcomes["check_first"][0] == "passed"
+    assert outcomes["check_slow"] == ("unknown", "interrupted before this check finished")
+    assert outcomes["check_after"] == ("unknown", "interrupted before this check finished")
+    assert data["sev1_blind"] is True
+
+
+def test_triage_deadline_turns_the_rest_unknown(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_slow.py").write_text(
+        SLOW.replace("{marker}", "").replace("time.sleep(30)", "time.sleep(2)"))
+    result = run(pytester, "checks", "--triage-deadline", "1")
+    assert result.ret == 0
+    data = triage(pytester)
+    outcomes = {c["nodeid"].split("::")[1]: (c["outcome"], c["message"]) for c in data["checks"]}
+    assert outcomes["check_first"][0] == "passed"
+    assert outcomes["check_after"] == ("unknown", "deadline reached before this check could finish")

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_sandbox_command(subparsers)
+    from labcheck.report import add_report_command
+
+    add_report_command(subparsers)
+    from labcheck.gate import add_arguments as add_gate_command
+
+    add_gate_command(subparsers)
     return parser
 
 

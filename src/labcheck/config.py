@@ -152,6 +152,30 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def parse_timestamp(value: Any) -> float:
+    """Epoch seconds from ISO-8601 (``2026-01-15T10:30:00Z``; no zone means UTC) or epoch seconds."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, datetime):
+        stamp = value
+    else:
+        text = _text(value)
+        try:
+            number = float(text)
+        except ValueError:
+            try:
+                stamp = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"not an ISO-8601 time or epoch seconds: {text!r}") from None
+        else:
+            if math.isnan(number) or math.isinf(number) or number <= 0:
+                raise ValueError(f"not a valid epoch time: {text!r}")
+            return number
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its parser, default and help text."""
@@ -172,7 +196,7 @@ KEYS: dict[str, Key] = {
         Key("api_url", _url, None, "Platform API base URL", target=True),
         Key("api_endpoints", _paths, ("/experiments", "/datasets"), "API endpoints checked one by one"),
         Key("prometheus_url", _url, None, "Prometheus base URL", target=True),
-        Key("pushgateway_url", _url, None, "Pushgateway URL for --push-metrics", target=True),
+        Key("pushgateway_url", _url, None, "Pushgateway URL for --push-metrics"),
         Key("database_url", _dsn, None, "PostgreSQL primary DSN", target=True, secret=True, aliases=("DATABASE_URL",)),
         Key("replica_url", _dsn, None, "PostgreSQL replica DSN (replication lag)", target=True, secret=True),
         Key("s3_bucket", _bucket, None, "Dataset bucket", target=True, aliases=("S3_BUCKET",)),
@@ -223,7 +247,25 @@ KEYS: dict[str, Key] = {
         Key("rollout_window_s", _positive, 1800.0, "A rollout younger than this is recent (30 minutes)"),
         Key("log_since_s", _positive, 1800.0, "Evidence: logs from the last N seconds"),
         Key("log_tail_lines", _count, 2000, "Evidence: at most this many log lines per container"),
+        Key("log_limit_bytes", _positive, 1_048_576, "Evidence: at most this many bytes of log per container"),
         Key("in_cluster", _bool, False, "Use the in-cluster service account"),
+        # Auth, storage, experiments and metrics checks (issue 3).
+        Key("auth_baseline_offset", _duration, "1h", "The 401/403 ratio is compared with the same ratio this long ago"),
+        Key("s3_error_window", _duration, "1h", "CloudWatch 4xxErrors/5xxErrors look-back (the playbook's last hour)"),
+        Key("s3_metrics_filter_id", _nonempty, "EntireBucket", "FilterId of the bucket's S3 request-metrics configuration"),
+        Key("s3_list_max_objects", _count, 100_000, "Sum object sizes by listing up to this many objects, else CloudWatch BucketSizeBytes"),
+        Key("canary_writes", _bool, False, "Run the opt-in S3 write canary (also enabled by -m writes)"),
+        Key("s3_quota_series", _nonempty, "storage_quota_bytes", "Prometheus series with the bucket quota, read when s3_quota_bytes is unset"),
+        Key("scrape_stale_factor", _positive, 2.0, "A scrape is stale when its last sample is older than this many scrape intervals"),
+        Key("app_series", _names, ("http_requests_total", "http_request_duration_seconds_bucket", "db_pool_connections", "db_pool_waiters"),
+            "Series the application must expose (other checks read them)"),
+        # The gate, the canary and pushed metrics (issue 8).
+        Key("history_window", _duration, None,
+            "History checks: every minute of this look-back must be under the thresholds (set by labcheck gate)"),
+        Key("history_since", parse_timestamp, None,
+            "History checks start at this time, the mitigation (ISO-8601 or epoch seconds)"),
+        Key("push_instance", _nonempty, None,
+            "Grouping key `instance` of --push-metrics (default: the API URL's host:port)"),
     ]
 }
 

@@ -23,12 +23,15 @@ _PATTERNS = [
     re.compile(r"(://[^:/@\s'\"]+:)[^@\s'\"]+(?=@)"),
     # KEY=value for secret-ish keys (a libpq keyword DSN, an env line in a log)
     re.compile(rf"(?i)\b({_SECRET_KEY}\s*=\s*[\"']?)[^\s\"',;&}}]+"),
-    # KEY: value (JSON, YAML, headers): a quoted string, or a bare word that is not a JSON literal or number,
-    # so that redacted JSON stays valid JSON
-    re.compile(rf"(?i)\b({_SECRET_KEY}[\"']?\s*:\s*\")[^\"]+(?=\")"),
-    re.compile(rf"(?i)\b({_SECRET_KEY}[\"']?\s*:\s*)(?!(?:true|false|null)\b)(?![\d{{\[\"'-])[^\s,;}}\]]+"),
+    # "key": "value" (JSON): the quoted string only, so redacted JSON stays valid JSON
+    re.compile(rf"(?i)(\"{_SECRET_KEY}\"\s*:\s*\")[^\"]+(?=\")"),
+    # KEY: value (YAML, headers, env dumps) where the key looks like an identifier, not prose:
+    # JWT_SECRET: x, db-password: x, TOKEN: x. A bare JSON literal or number is left alone.
+    re.compile(rf"\b((?:[A-Za-z0-9]+[_\-]{_SECRET_KEY}|{_SECRET_KEY}[_\-][A-Za-z0-9_\-]+|password|passwd|"
+               rf"(?-i:[A-Z0-9_]*(?:PASSWORD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY)[A-Z0-9_]*))\s*:\s*)"
+               rf"(?!(?:true|false|null)\b)(?![\d{{\[\"'-])[^\s,;}}\]]+", re.IGNORECASE),
     # Authorization headers
-    re.compile(r"(?i)\b((?:Bearer|Basic|Token)\s+)[A-Za-z0-9._~+/=\-]{6,}"),
+    re.compile(r"(?i)\b((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{8,}"),
     re.compile(r"(?i)\b(X-Admin-Key\s*[:=]\s*)\S+"),
     # JWTs anywhere
     re.compile(r"()eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*"),

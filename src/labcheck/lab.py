@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -44,14 +45,16 @@ class Lab:
         self._clients: dict[str, Any] = {}
         self.deadline: float | None = None
         self.calls: list[str] = []
+        self._dead: dict[str, str] = {}
 
     @property
     def budget(self) -> float:
         """How long one probe may take in all: its timeouts plus a margin."""
         return max(self.settings.connect_s, self.settings.read_s) + 1.0
 
-    def start(self, key: str, fn: Callable[[], Any]) -> Future[Any]:
+    def start(self, key: str, fn: Callable[[], Any], *, origin: str | None = None) -> Future[Any]:
         """Start fetching a fact in the background, once per run."""
+        fn = self._watch(fn, origin)
         with self._lock:
             future = self._facts.get(key)
             if future is not None:
@@ -63,10 +66,19 @@ class Lab:
         threading.Thread(target=_run, args=(fn, future), name=f"labcheck:{key}", daemon=True).start()
         return future
 
-    def fact(self, key: str, fn: Callable[[], T], *, target: str, budget: float | None = None) -> T:
-        """The value of a fact, fetched once per run and bounded in time."""
+    def fact(self, key: str, fn: Callable[[], T], *, target: str, budget: float | None = None,
+             origin: str | None = None) -> T:
+        """The value of a fact, fetched once per run and bounded in time.
+
+        ``origin`` names the server behind the fact (``scheme://host:port``): once one
+        fact from an origin times out, the others fail at once instead of each
+        costing the run another timeout.
+        """
         self.check_deadline()
-        future = self.start(key, fn)
+        origin = origin or origin_of(target)
+        if key not in self._facts and origin in self._dead:
+            raise ProbeTimeout(f"not tried: {self._dead[origin]}", target=target)
+        future = self.start(key, fn, origin=origin)
         bound = self.budget if budget is None else budget
         remaining = bound - (time.monotonic() - self._started[key])
         if self.deadline is not None:
@@ -74,8 +86,26 @@ class Lab:
         try:
             return future.result(timeout=max(remaining, 0.0))  # type: ignore[no-any-return]
         except FutureTimeout:
-            self.check_deadline()
-            raise ProbeTimeout(f"no complete answer within {bound:.0f} s", target=target) from None
+            pass
+        except Exception as exc:  # noqa: BLE001 - every reader gets its own copy of the shared failure
+            raise _fresh(exc) from None
+        self.check_deadline()
+        self._mark_dead(origin, f"no complete answer within {bound:.0f} s")
+        raise ProbeTimeout(f"no complete answer within {bound:.0f} s", target=target)
+
+    def _watch(self, fn: Callable[[], T], origin: str | None) -> Callable[[], T]:
+        def run() -> T:
+            try:
+                return fn()
+            except ProbeTimeout as exc:
+                self._mark_dead(origin, exc.reason)
+                raise
+        return run
+
+    def _mark_dead(self, origin: str | None, reason: str) -> None:
+        if origin:
+            with self._lock:
+                self._dead.setdefault(origin, f"{origin} did not answer earlier in this run ({reason})")
 
     def client(self, name: str, make: Callable[[], T]) -> T:
         """A client built once per run (httpx, psycopg, boto3, kubernetes)."""
@@ -104,6 +134,42 @@ class Lab:
                 except Exception:  # noqa: BLE001 - closing must never fail a run
                     pass
         self._clients.clear()
+
+
+def _fresh(exc: Exception) -> Exception:
+    """A copy of a cached exception without its traceback, so it does not grow with every reader."""
+    try:
+        new = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is re-raised as it is
+        return exc
+    new.__traceback__ = None
+    return new
+
+
+def origin_of(target: str | None) -> str | None:
+    """``scheme://host:port`` of a URL-looking target, else None."""
+    if not target or "://" not in target:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target.split()[-1] if " " in target else target)
+    if not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+
+
+PrefetchFn = Callable[["Lab"], None]
+PREFETCH: dict[str, PrefetchFn] = {}
+
+
+def prefetch(fixture_name: str) -> Callable[[PrefetchFn], PrefetchFn]:
+    """Register what to start in the background when a selected check uses a fixture."""
+
+    def register(fn: PrefetchFn) -> PrefetchFn:
+        PREFETCH[fixture_name] = fn
+        return fn
+
+    return register
 
 
 def unknown_if_missing(value: Any, what: str, *, target: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Generator
 from datetime import UTC, datetime
@@ -12,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from labcheck import allure_results, verdict
 from labcheck import config as cfg
-from labcheck import verdict
 from labcheck.errors import CatalogueError, ConfigError, Unknown
 from labcheck.evidence import Evidence, Redactor
 from labcheck.lab import Lab
@@ -54,6 +55,9 @@ pytest_plugins = [
     "labcheck.fixtures.database",
     "labcheck.fixtures.kube",
     "labcheck.fixtures.storage",
+    "labcheck.fixtures.platform",
+    "labcheck.history",
+    "labcheck.canary",
 ]
 
 settings_key = pytest.StashKey[cfg.Settings]()
@@ -82,6 +86,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Exit 6 when no check failed but checks of this severity were UNKNOWN (blind spots).")
     group.addoption("--no-sandbox", dest="labcheck_no_sandbox", action="store_true",
                     help="Never fall back to a running sandbox when no target is configured.")
+    group.addoption("--push-metrics", dest="labcheck_push_metrics", default=None, metavar="URL",
+                    help="Push the outcome to this Prometheus Pushgateway (job labcheck); a failed push "
+                         "changes neither the verdict nor the exit code.")
 
 
 def reports_dir(config: pytest.Config) -> Path:
@@ -131,22 +138,102 @@ def pytest_configure(config: pytest.Config) -> None:
     except (ConfigError, CatalogueError) as exc:
         if not _is_worker(config):
             verdict.write_usage_error(out, str(exc))
+            allure_results.write_usage_error(out / "allure-results", str(exc))
         raise pytest.UsageError(str(exc)) from None
     config.stash[settings_key] = settings
     config.stash[catalogue_key] = catalogue
     config.stash[redactor_key] = Redactor(settings.secrets)
-    if hasattr(config.option, "allure_report_dir") and not config.option.allure_report_dir \
-            and not config.option.collectonly:
-        config.option.allure_report_dir = str(out / "allure-results")
-    if hasattr(config.option, "attach_capture"):
-        config.option.attach_capture = False  # captured output is not evidence: it skips the redactor
+    _configure_allure(config, out)
     config.pluginmanager.register(Outcomes(), "labcheck-outcomes")
+    _terminate_as_interrupt(config)
     if not _is_worker(config):
         config.pluginmanager.register(Triage(config), "labcheck-triage")
+        if config.getoption("labcheck_push_metrics") and not config.option.collectonly:
+            from labcheck.push import PushMetrics
+
+            config.pluginmanager.register(PushMetrics(config, config.getoption("labcheck_push_metrics")),
+                                          "labcheck-push")
+
+
+def _terminate_as_interrupt(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, `timeout`) ends the run like Ctrl-C: the verdict is still written."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(restore)
 
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+# --- Allure ----------------------------------------------------------------------------------
+
+
+def _configure_allure(config: pytest.Config, out: Path) -> None:
+    """Default --alluredir to <reports>/allure-results (fresh each run) and register the extras writer."""
+    if not hasattr(config.option, "allure_report_dir"):
+        return  # allure-pytest is not installed or disabled (-p no:allure_pytest)
+    if hasattr(config.option, "attach_capture"):
+        config.option.attach_capture = False  # captured output is not evidence: it skips the redactor
+    if config.option.collectonly:
+        return
+    if not config.option.allure_report_dir and _runs_checks(config):
+        config.option.allure_report_dir = str(out / "allure-results")
+        if not _is_worker(config):
+            # Our own default directory holds this run's results only, like triage.json beside it.
+            shutil.rmtree(config.option.allure_report_dir, ignore_errors=True)
+    if config.option.allure_report_dir and not _is_worker(config):
+        config.pluginmanager.register(AllureExtras(config), "labcheck-allure")
+
+
+def _runs_checks(config: pytest.Config) -> bool:
+    """Whether this run is a check run (`pytest checks`), not, say, labcheck's own tests."""
+    return any("checks" in Path(str(arg).split("::")[0]).parts for arg in config.args)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Allure labels from the markers: severity, feature = component, story = scenario title, playbook link."""
+    if config.pluginmanager.get_plugin("allure_listener") is None:
+        return
+    catalogue = config.stash.get(catalogue_key, None)
+    if catalogue is None:
+        return
+    for item in items:
+        if _is_check(item):
+            for mark in allure_results.marks(check_meta(item), catalogue):
+                item.add_marker(mark)
+
+
+class AllureExtras:
+    """Writes categories.json, environment.properties and executor.json (the controller only)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        config = self.config
+        try:
+            allure_results.write_extras(Path(config.option.allure_report_dir),
+                                        catalogue=config.stash[catalogue_key], settings=config.stash[settings_key],
+                                        suite_dir=Path(config.rootpath), redact=config.stash[redactor_key])
+        except OSError as exc:
+            terminal = config.pluginmanager.get_plugin("terminalreporter")
+            if terminal is not None:
+                terminal.write_line(f"labcheck: cannot write the Allure extras: {exc}", yellow=True)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -162,7 +249,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _is_check(item: pytest.Item) -> bool:
-    return item.name.startswith("check_") or "checks" in Path(str(item.path)).parts[-3:-1]
+    """A check is a ``check_*`` function; labcheck's own ``test_*`` tests are not."""
+    return str(getattr(item, "originalname", item.name)).startswith("check_")
 
 
 def marker_problems(item: pytest.Item, catalogue: Catalogue | None) -> list[str]:
@@ -193,6 +281,33 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
             if problems:
                 raise collector.CollectError(f"check {item.nodeid}: " + "; ".join(problems))
     return result
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the probes the selected checks need, all at once, as soon as collection is done."""
+    config = session.config
+    if config.option.collectonly or settings_key not in config.stash:
+        return
+    from labcheck.lab import PREFETCH
+
+    used: set[str] = set()
+    for item in session.items:
+        if _is_check(item):
+            used.update(getattr(item, "fixturenames", ()))
+    if not used & set(PREFETCH):
+        return
+    lab = get_lab(config)
+    for name in sorted(used & set(PREFETCH)):
+        try:
+            PREFETCH[name](lab)
+        except Exception:  # noqa: BLE001 - a failed prefetch is seen again, as UNKNOWN, by the check
+            pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _is_check(item) and settings_key in item.config.stash:
+        get_lab(item.config).check_deadline()
 
 
 def check_meta(item: pytest.Item) -> dict[str, Any]:
@@ -308,13 +423,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         _redact_exception(call.excinfo, redact)
     report: pytest.TestReport = yield
     if redact is not None and report.longrepr is not None and not isinstance(report.longrepr, tuple):
-        text = str(report.longrepr)
-        cleaned = redact(text)
-        if cleaned != text:
-            report.longrepr = cleaned
+        if isinstance(report.longrepr, str):
+            report.longrepr = redact(report.longrepr)
+        else:
+            _redact_repr(report.longrepr, redact, 0)
     if redact is not None:
         report.sections = [(title, redact(body)) for title, body in report.sections]
     return report
+
+
+def _redact_repr(obj: Any, redact: Redactor, depth: int) -> Any:
+    """Redact every string inside pytest's structured failure repr, keeping its structure."""
+    if depth > 12:
+        return obj
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, list):
+        return [_redact_repr(x, redact, depth + 1) for x in obj]
+    if isinstance(obj, tuple):
+        return tuple(_redact_repr(x, redact, depth + 1) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _redact_repr(v, redact, depth + 1) for k, v in obj.items()}
+    if type(obj).__module__.startswith("_pytest") and hasattr(obj, "__dict__"):
+        for name, value in vars(obj).items():
+            if isinstance(value, str | list | tuple | dict) or hasattr(value, "__dict__"):
+                object.__setattr__(obj, name, _redact_repr(value, redact, depth + 1))
+    return obj
 
 
 class Outcomes:
@@ -359,16 +493,29 @@ class Triage:
         self.config = config
         self.results: dict[str, dict[str, Any]] = {}
         self.verdict: dict[str, Any] | None = None
+        self.expected: dict[str, dict[str, Any]] = {}
+        self.error: str | None = None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.expected.update({i.nodeid: check_meta(i) for i in session.items if _is_check(i)})
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        for nodeid in ids:
+            self.expected.setdefault(nodeid, {"component": None, "severity": None, "scenario": None})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
+        props: dict[str, Any] = dict(report.user_properties)
         if "labcheck_meta" not in props and report.nodeid not in self.results:
             return
         entry = self.results.setdefault(report.nodeid, {"nodeid": report.nodeid, "outcome": "passed",
                                                          "duration_s": 0.0, "message": None, "observed": []})
         if "labcheck_meta" in props:
             entry.update(props["labcheck_meta"])
+        if report.when == "teardown":
+            entry["_done"] = True
         entry["duration_s"] = round(entry["duration_s"] + report.duration, 3)
+        value: Any
         for name, value in report.user_properties:
             if name == "labcheck_observed" and value not in entry["observed"]:
                 entry["observed"].append(value)
@@ -387,21 +534,41 @@ class Triage:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         config = self.config
-        if not self.results or config.option.collectonly:
+        if config.option.collectonly:
             return
-        self.verdict = verdict.build(
-            list(self.results.values()),
-            catalogue=config.stash[catalogue_key],
-            settings=config.stash[settings_key],
-            started_at=config.stash[started_key],
-            finished_at=time.time(),
-        )
-        verdict.write(reports_dir(config), self.verdict, config.stash[redactor_key])
+        interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
+        for entry in self.results.values():
+            if not entry.pop("_done", False) and entry["outcome"] == "passed":
+                entry.update(outcome="unknown", message="interrupted before this check finished")
+        for nodeid, meta in self.expected.items():
+            if nodeid not in self.results:
+                reason = "interrupted before this check finished" if interrupted else "not run in this session"
+                self.results[nodeid] = {"nodeid": nodeid, "outcome": "unknown", "message": reason,
+                                        "duration_s": 0.0, "observed": [], **meta}
+        if not self.results:
+            return
+        try:
+            self.verdict = verdict.build(
+                list(self.results.values()),
+                catalogue=config.stash[catalogue_key],
+                settings=config.stash[settings_key],
+                started_at=config.stash[started_key],
+                finished_at=time.time(),
+            )
+            verdict.write(reports_dir(config), self.verdict, config.stash[redactor_key])
+        except Exception as exc:  # noqa: BLE001 - a bug in the verdict must not cost the run its results
+            self.error = f"labcheck could not build the verdict: {type(exc).__name__}: {exc}"
+            verdict.write_usage_error(reports_dir(config), self.error, checks=list(self.results.values()),
+                                      redact=config.stash[redactor_key])
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+            return
         mode = config.getoption("labcheck_fail_unknown")
         if session.exitstatus == 0 and verdict.blind_spots_fail(self.verdict, mode):
             session.exitstatus = EXIT_BLIND_SPOTS
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.error:
+            terminalreporter.write_line(self.config.stash[redactor_key](f"ERROR: {self.error}"), red=True)
         if self.verdict is None:
             return
         redact = self.config.stash[redactor_key]

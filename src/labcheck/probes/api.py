@@ -84,6 +84,19 @@ class Api:
         assert attempt.result is not None
         return attempt.result
 
+    def prefetch(self) -> None:
+        """Start what most API checks read: /health, /health/ready and the rate queries."""
+        if self.lab.settings.api_url:
+            for path in ("/health", "/health/ready"):
+                http.start(self.lab, self.url(path))
+        if self.lab.settings.prometheus_url:
+            prometheus.start(self.lab, *self._rate_queries())
+
+    def _rate_queries(self) -> tuple[str, str]:
+        w = self.lab.settings.window
+        return (f'sum by (path) (rate(http_requests_total{{status=~"5.."}}[{w}]))',
+                f"sum by (path) (rate(http_requests_total[{w}]))")
+
     def health(self) -> Attempt:
         return self.attempt("/health")
 
@@ -99,8 +112,7 @@ class Api:
     def rates(self) -> Rates:
         """5xx and total request rates by endpoint, from Prometheus."""
         w = self.lab.settings.window
-        err_q = f'sum by (path) (rate(http_requests_total{{status=~"5.."}}[{w}]))'
-        all_q = f"sum by (path) (rate(http_requests_total[{w}]))"
+        err_q, all_q = self._rate_queries()
         prometheus.start(self.lab, err_q, all_q)
         totals = prometheus.require(prometheus.query(self.lab, all_q), all_q, what="http_requests_total")
         errors = prometheus.query(self.lab, err_q)

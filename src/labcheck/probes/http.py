@@ -159,10 +159,13 @@ def _job(lab: Lab, url: str, headers: dict[str, str] | None, key: str | None) ->
 
 def start(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str | None = None) -> None:
     """Start a GET in the background so that later ``get`` calls find it under way."""
-    lab.start(*_job(lab, url, headers, key))
+    from labcheck.lab import origin_of
+
+    lab.start(*_job(lab, url, headers, key), origin=origin_of(url))
 
 
 def get(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str | None = None) -> HttpResult:
     """GET a URL once per run (shared by every check that asks)."""
     fact_key, fn = _job(lab, url, headers, key)
-    return lab.fact(fact_key, fn, target=url)
+    result: HttpResult = lab.fact(fact_key, fn, target=url)
+    return result

@@ -258,10 +258,12 @@ class Gateway:
         query = scope.get("query_string", b"").decode("latin-1")
         user_agent = request.headers.get("user-agent", "")
         mode = self.mode
+        # Read the body even when answering an error: an unread PUT body would be parsed as the
+        # next request on the kept-alive connection.
+        body = await request.body()
         if mode in ERRORS:
             self.record(method, path, query, int(mode), user_agent)
             return self.error_response(mode, path, method)
-        body = await request.body()
         headers = [
             (k, v)
             for k, v in scope["headers"]
