@@ -43,6 +43,8 @@ README_SETTINGS = {
     "test_token",
     "docs_url",
     "window",
+    "s3_quota_bytes",
+    "s3_error_window",
 }
 
 pytestmark = [

@@ -844,7 +844,10 @@ def _serving(state: dict[str, Any], name: str) -> bool:
     svc = state.get("services", {}).get(name) or {}
     try:
         if "url" in svc:
-            httpx.request("HEAD" if name == "s3gw" else "GET", svc["url"], timeout=_PROBE_TIMEOUT)
+            verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=_kube_ca(Path(state["dir"])))
+                                             if name == "kube" else True)
+            httpx.request("HEAD" if name == "s3gw" else "GET", svc["url"], timeout=_PROBE_TIMEOUT,
+                          verify=verify)
             return True
         host, _, port = svc["address"].rpartition(":")
         with socket.create_connection((host, int(port)), timeout=1.0):
