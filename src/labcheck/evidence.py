@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import threading
@@ -63,6 +64,32 @@ class Redactor:
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + MASK, text)
         return text
+
+
+class RedactingLogFilter(logging.Filter):
+    """Redacts log records on their way to pytest's handlers: live logs, --log-file, captured logs.
+
+    Client libraries log at DEBUG what they send (botocore: the Authorization header with the
+    access key id); those records reach the terminal and the log file without passing a report.
+    """
+
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted cannot be redacted: drop it
+            return False
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
 
 
 def _forms(secret: str) -> list[str]:

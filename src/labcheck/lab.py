@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from labcheck.config import Settings
@@ -43,6 +45,7 @@ class Lab:
         self._facts: dict[str, Future[Any]] = {}
         self._started: dict[str, float] = {}
         self._clients: dict[str, Any] = {}
+        self._building: dict[str, threading.Lock] = {}
         self.deadline: float | None = None
         self.calls: list[str] = []
         self._dead: dict[str, str] = {}
@@ -58,6 +61,11 @@ class Lab:
         with self._lock:
             future = self._facts.get(key)
             if future is not None:
+                return future
+            if origin is not None and origin in self._dead:
+                # Not started, and not cached: ``fact`` then fails at once naming its own target.
+                future = Future()
+                future.set_exception(ProbeTimeout(f"not tried: {self._dead[origin]}", target=origin))
                 return future
             future = Future()
             self._facts[key] = future
@@ -88,6 +96,8 @@ class Lab:
         except FutureTimeout:
             pass
         except Exception as exc:  # noqa: BLE001 - every reader gets its own copy of the shared failure
+            if isinstance(exc, ProbeTimeout):
+                self._mark_dead(origin, exc.reason)  # also when the fact was started without its origin
             raise _fresh(exc) from None
         self.check_deadline()
         self._mark_dead(origin, f"no complete answer within {bound:.0f} s")
@@ -102,17 +112,33 @@ class Lab:
                 raise
         return run
 
+    def mark_dead(self, origin: str | None, reason: str) -> None:
+        """Record that ``origin`` did not answer in time (for probes that return, not raise, a timeout)."""
+        self._mark_dead(origin, reason)
+
     def _mark_dead(self, origin: str | None, reason: str) -> None:
         if origin:
             with self._lock:
                 self._dead.setdefault(origin, f"{origin} did not answer earlier in this run ({reason})")
 
     def client(self, name: str, make: Callable[[], T]) -> T:
-        """A client built once per run (httpx, psycopg, boto3, kubernetes)."""
+        """A client built once per run (httpx, psycopg, boto3, kubernetes).
+
+        Built under its own lock, not the lab's: importing kubernetes or boto3 takes a second or
+        more, and meanwhile every other probe must still start and finish.
+        """
         with self._lock:
-            if name not in self._clients:
-                self._clients[name] = make()
-            return self._clients[name]  # type: ignore[no-any-return]
+            if name in self._clients:
+                return self._clients[name]  # type: ignore[no-any-return]
+            building = self._building.setdefault(name, threading.Lock())
+        with building:
+            with self._lock:
+                if name in self._clients:
+                    return self._clients[name]  # type: ignore[no-any-return]
+            made = _build(make)
+            with self._lock:
+                self._clients[name] = made
+            return made
 
     def check_deadline(self) -> None:
         """Raise DeadlineReached once the run-wide triage deadline has passed."""
@@ -134,6 +160,26 @@ class Lab:
                 except Exception:  # noqa: BLE001 - closing must never fail a run
                     pass
         self._clients.clear()
+
+
+# Environment variables pytest sets and removes around every test, while our threads run.
+_ENVIRON_CHURN = frozenset({"PYTEST_CURRENT_TEST"})
+
+
+def _build(make: Callable[[], T]) -> T:
+    """``make()``, once more if an environment variable vanished while it read ``os.environ``.
+
+    Building a kubernetes or boto3 client calls urllib's ``getproxies()``, which iterates
+    ``os.environ``; in a background thread it can list PYTEST_CURRENT_TEST just before pytest
+    removes it, and then fail with KeyError reading its value.
+    """
+    for attempt in range(3):
+        try:
+            return make()
+        except KeyError as exc:
+            if attempt == 2 or not exc.args or exc.args[0] not in _ENVIRON_CHURN:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _fresh(exc: Exception) -> Exception:
@@ -158,12 +204,67 @@ def origin_of(target: str | None) -> str | None:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
 
 
-PrefetchFn = Callable[["Lab"], None]
+@dataclass(frozen=True)
+class Use:
+    """One selected check that asks a fixture questions: what it reads, and its parameters.
+
+    ``reads`` holds the attribute and global names the check's code (and its module's own helper
+    functions) mentions, e.g. ``{"pods_for", "namespace", ...}`` for ``kube.pods_for(deployment)``.
+    Prefetchers map the names they know to the facts to start. A name missed here only means the
+    fact is fetched when the check asks for it; it never changes a result.
+    """
+
+    check: str
+    reads: frozenset[str]
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def reads(fn: Callable[..., Any]) -> frozenset[str]:
+    """Attribute and global names a check's code mentions, through nested code and same-module helpers."""
+    module = getattr(fn, "__module__", None)
+    namespace: Mapping[str, Any] = getattr(fn, "__globals__", {})
+    names: set[str] = set()
+    seen: set[types.CodeType] = set()
+    top = getattr(fn, "__code__", None)
+    stack = [top] if isinstance(top, types.CodeType) else []
+    while stack:
+        code = stack.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))  # lambdas, comprehensions
+        for name in code.co_names:
+            helper = namespace.get(name)
+            if isinstance(helper, types.FunctionType) and helper.__module__ == module:
+                stack.append(helper.__code__)
+    return frozenset(names)
+
+
+def wanted(uses: Sequence[Use], table: Mapping[str, Sequence[str]]) -> set[str]:
+    """The facts a prefetcher starts: for each use, what the names it reads map to in ``table``.
+
+    A name may map to no fact (``api.attempt(path)``: nothing to start ahead). A use that mentions
+    none of the table's names (it asks the fixture in a way we cannot see) wants every fact.
+    """
+    out: set[str] = set()
+    every = {fact for facts in table.values() for fact in facts}
+    for use in uses:
+        matched = [facts for name, facts in table.items() if name in use.reads]
+        out |= {fact for facts in matched for fact in facts} if matched else every
+    return out
+
+
+PrefetchFn = Callable[["Lab", Sequence[Use]], None]
 PREFETCH: dict[str, PrefetchFn] = {}
 
 
 def prefetch(fixture_name: str) -> Callable[[PrefetchFn], PrefetchFn]:
-    """Register what to start in the background when a selected check uses a fixture."""
+    """Register what to start in the background when selected checks use a fixture.
+
+    The prefetcher is called once, at the end of collection, with the selected checks that use
+    the fixture (``Use``), and starts only the facts those checks read.
+    """
 
     def register(fn: PrefetchFn) -> PrefetchFn:
         PREFETCH[fixture_name] = fn

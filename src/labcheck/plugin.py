@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -16,7 +17,7 @@ import pytest
 from labcheck import allure_results, verdict
 from labcheck import config as cfg
 from labcheck.errors import CatalogueError, ConfigError, Unknown
-from labcheck.evidence import Evidence, Redactor
+from labcheck.evidence import Evidence, RedactingLogFilter, Redactor
 from labcheck.lab import Lab
 from labcheck.scenarios import Catalogue, load_catalogue
 
@@ -155,6 +156,21 @@ def pytest_configure(config: pytest.Config) -> None:
                                           "labcheck-push")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Log records pass the redactor before pytest shows them live, writes them to --log-file or
+    captures them: they reach the terminal and the log file without passing a report."""
+    config = session.config
+    redact = config.stash.get(redactor_key, None)
+    logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
+    if redact is None or logging_plugin is None:
+        return
+    log_filter = RedactingLogFilter(redact)
+    for name in ("log_cli_handler", "log_file_handler", "caplog_handler", "report_handler"):
+        handler = getattr(logging_plugin, name, None)
+        if isinstance(handler, logging.Handler):
+            handler.addFilter(log_filter)
+
+
 def _terminate_as_interrupt(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout, `timeout`) ends the run like Ctrl-C: the verdict is still written."""
     import signal
@@ -288,20 +304,39 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or settings_key not in config.stash:
         return
-    from labcheck.lab import PREFETCH
+    from labcheck.lab import PREFETCH, Use, reads
 
-    used: set[str] = set()
+    uses: dict[str, list[Use]] = {}
     for item in session.items:
-        if _is_check(item):
-            used.update(getattr(item, "fixturenames", ()))
-    if not used & set(PREFETCH):
+        fn = getattr(item, "function", None)
+        if not _is_check(item) or not callable(fn):
+            continue
+        # The fixtures the check asks for itself: a fixture's own dependencies are its prefetcher's business.
+        wanted = [n for n in _argnames(fn) if n in PREFETCH]
+        if not wanted:
+            continue
+        use = Use(check=str(getattr(item, "originalname", item.name)),
+                  reads=reads(fn),
+                  params=dict(getattr(getattr(item, "callspec", None), "params", {})))
+        for name in wanted:
+            uses.setdefault(name, []).append(use)
+    if not uses:
         return
     lab = get_lab(config)
-    for name in sorted(used & set(PREFETCH)):
+    for name in sorted(uses):
         try:
-            PREFETCH[name](lab)
+            PREFETCH[name](lab, uses[name])
         except Exception:  # noqa: BLE001 - a failed prefetch is seen again, as UNKNOWN, by the check
             pass
+
+
+def _argnames(fn: Any) -> list[str]:
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -421,6 +456,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     redact = item.config.stash.get(redactor_key, None)
     if redact is not None and call.excinfo is not None:
         _redact_exception(call.excinfo, redact)
+    if call.excinfo is not None and _is_check(item) and not call.excinfo.errisinstance(
+            (AssertionError, pytest.fail.Exception, pytest.skip.Exception, KeyboardInterrupt)):
+        _shorten_traceback(call.excinfo, item)
     report: pytest.TestReport = yield
     if redact is not None and report.longrepr is not None and not isinstance(report.longrepr, tuple):
         if isinstance(report.longrepr, str):
@@ -430,6 +468,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if redact is not None:
         report.sections = [(title, redact(body)) for title, body in report.sections]
     return report
+
+
+def _shorten_traceback(excinfo: pytest.ExceptionInfo[BaseException], item: pytest.Item) -> None:
+    """An UNKNOWN is reported by its reason: keep one traceback entry, the check's own line.
+
+    Formatting the full traceback parses the source of every frame (the probes are large
+    modules), which cost an outage run 0.1 s per check.
+    """
+    tb = excinfo.traceback
+    own = [i for i, entry in enumerate(tb) if entry.path == item.path]
+    index = own[-1] if own else len(tb) - 1
+    if index >= 0:
+        excinfo.traceback = tb[index:index + 1]
 
 
 def _redact_repr(obj: Any, redact: Redactor, depth: int) -> Any:
@@ -502,7 +553,9 @@ class Triage:
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         for nodeid in ids:
-            self.expected.setdefault(nodeid, {"component": None, "severity": None, "scenario": None})
+            # Checks only, as without xdist: labcheck's own tests under -n are no triage.
+            if nodeid.rpartition("::")[2].startswith("check_"):
+                self.expected.setdefault(nodeid, {"component": None, "severity": None, "scenario": None})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props: dict[str, Any] = dict(report.user_properties)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,18 +85,29 @@ class Api:
         assert attempt.result is not None
         return attempt.result
 
-    def prefetch(self) -> None:
-        """Start what most API checks read: /health, /health/ready and the rate queries."""
+    # What ``prefetch`` can start: the facts behind health(), readiness(), rates() and p95_by_path().
+    FACTS = ("health", "readiness", "rates", "p95")
+
+    def prefetch(self, facts: Collection[str] = FACTS) -> None:
+        """Start, in the background, the facts the selected checks read (``FACTS`` names them)."""
         if self.lab.settings.api_url:
-            for path in ("/health", "/health/ready"):
-                http.start(self.lab, self.url(path))
+            for fact, path in (("health", "/health"), ("readiness", "/health/ready")):
+                if fact in facts:
+                    http.start(self.lab, self.url(path))
         if self.lab.settings.prometheus_url:
-            prometheus.start(self.lab, *self._rate_queries())
+            if "rates" in facts:
+                prometheus.start(self.lab, *self._rate_queries())
+            if "p95" in facts:
+                prometheus.start(self.lab, self._p95_query())
 
     def _rate_queries(self) -> tuple[str, str]:
         w = self.lab.settings.window
         return (f'sum by (path) (rate(http_requests_total{{status=~"5.."}}[{w}]))',
                 f"sum by (path) (rate(http_requests_total[{w}]))")
+
+    def _p95_query(self) -> str:
+        w = self.lab.settings.window
+        return f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{w}])))"
 
     def health(self) -> Attempt:
         return self.attempt("/health")
@@ -121,7 +133,6 @@ class Api:
 
     def p95_by_path(self) -> dict[str, float]:
         """p95 latency by endpoint over the window, from the duration histogram."""
-        w = self.lab.settings.window
-        q = f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{w}])))"
+        q = self._p95_query()
         samples = prometheus.require(prometheus.query(self.lab, q), q, what="http_request_duration_seconds")
         return prometheus.by_label(samples, "path")

@@ -479,13 +479,17 @@ class Kube:
         return self.lab.client("kube", self._make_client)
 
     def _make_client(self) -> Any:
+        s = self.lab.settings
+        if not s.kubeconfig and not self._in_cluster():
+            # Decided before the import: no Kubernetes target costs no kubernetes import.
+            raise NotConfigured("no kubeconfig configured and not running in a cluster "
+                                "(set kubeconfig, or in_cluster inside a pod)", target="Kubernetes API")
         from kubernetes.config.config_exception import ConfigException
         from kubernetes.config.incluster_config import load_incluster_config
         from kubernetes.config.kube_config import new_client_from_config
 
         from kubernetes import client
 
-        s = self.lab.settings
         configuration = client.Configuration()
         configuration.retries = 0  # one attempt per call: the lab's budget bounds the run, not retries
         try:
@@ -628,19 +632,31 @@ class Kube:
                 raise exc.with_traceback(None) from None
             raise fresh from None
 
-    def start(self) -> None:
-        """Build the client, then start every shared list, in the background (called at collection end)."""
-        self.lab.start(CLIENT_FACT, self._client_then_lists)
+    def start(self, lists: Iterable[str] = LISTS, *, secrets: Iterable[str] = ()) -> None:
+        """Build the client, then start these shared lists and secret reads, in the background.
 
-    def _client_then_lists(self) -> Any:
-        api = self.client()
-        for resource in LISTS:
-            self.lab.start(self._key(resource), functools.partial(self._fetch_list, resource))
+        Called at collection end with what the selected checks read; anything else is fetched when asked.
+        """
+        lists, secrets = [r for r in LISTS if r in set(lists)], list(secrets)
+        if not lists and not secrets:
+            return
+        self.lab.start(f"{CLIENT_FACT} then {', '.join(lists + secrets)}",
+                       functools.partial(self._client_then, lists, secrets))
+
+    def _client_then(self, lists: list[str], secrets: list[str]) -> Any:
+        from labcheck.lab import origin_of
+
+        api = self.lab.start(CLIENT_FACT, self.client).result()  # the one client build, shared with ready()
+        origin = origin_of(self.server)
+        for resource in lists:
+            self.lab.start(self._key(resource), functools.partial(self._fetch_list, resource), origin=origin)
+        for name in secrets:
+            self.lab.start(self._secret_key(name), functools.partial(self._fetch_secret_keys, name), origin=origin)
         return api
 
     def ready(self) -> None:
         """Wait for the client (import and credentials have their own budget; the calls do not pay it)."""
-        self._fact(CLIENT_FACT, self._client_then_lists, budget=max(CLIENT_SETUP_S, self.lab.budget))
+        self._fact(CLIENT_FACT, self.client, budget=max(CLIENT_SETUP_S, self.lab.budget))
 
     def _list(self, resource: str) -> list[Obj]:
         self.ready()
@@ -810,7 +826,10 @@ class Kube:
     def secret_keys(self, name: str) -> dict[str, bool] | None:
         """Key names of a secret and whether each value is non-empty; None when it does not exist."""
         self.ready()
-        return self._fact(f"kube secret {self.namespace}/{name}", lambda: self._fetch_secret_keys(name))
+        return self._fact(self._secret_key(name), functools.partial(self._fetch_secret_keys, name))
+
+    def _secret_key(self, name: str) -> str:
+        return f"kube secret {self.namespace}/{name}"
 
     def secret_key_presence(self, name: str) -> dict[str, bool]:
         """``{key: value is non-empty}`` for a secret; values are never kept. A missing secret holds no keys."""

@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -163,7 +163,8 @@ class Attempt:
         if self.ok:
             return None
         cls = _KIND_ERRORS.get(self.kind or "", ProbeUnreachable)
-        return cls(f"cannot connect: {self.kind} ({self.message})", target=self.target)
+        after = f" after {self.elapsed_s:.1f} s" if self.kind == TIMED_OUT else ""
+        return cls(f"cannot connect: {self.kind}{after} ({self.message})", target=self.target)
 
     def describe(self) -> str:
         if self.ok:
@@ -545,14 +546,15 @@ class Database:
 
         return "postgres pg_stat_activity", fetch, session.target
 
-    def prefetch(self) -> None:
-        """Connect and take the snapshot in the background, while other checks run."""
-        if not self.lab.settings.values.get("database_url"):
+    def prefetch(self, facts: Collection[str] = ("connect", "snapshot")) -> None:
+        """Connect (and take the snapshot, when asked) in the background, while other checks run."""
+        if not self.lab.settings.values.get("database_url") or not facts:
             return
         session = self.session()
         self.lab.start("postgres primary connect", session.attempt)
-        key, fn, _ = self._snapshot()
-        self.lab.start(key, fn)
+        if "snapshot" in facts:
+            key, fn, _ = self._snapshot()
+            self.lab.start(key, fn)
 
     def activity(self) -> Activity:
         """The run's single pg_stat_activity snapshot (UNKNOWN when we cannot connect)."""
@@ -643,11 +645,11 @@ class AppPool:
     def __init__(self, api: Api) -> None:
         self.api = api
 
-    def prefetch(self) -> None:
+    def prefetch(self, facts: Collection[str] = ("metrics",)) -> None:
         """Start the GET of /metrics in the background (the same fact ``stats`` reads)."""
         from labcheck.probes import http
 
-        if self.api.lab.settings.api_url:
+        if self.api.lab.settings.api_url and "metrics" in facts:
             http.start(self.api.lab, self.api.url("/metrics"))
 
     def stats(self) -> PoolStats:

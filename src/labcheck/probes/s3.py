@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -90,22 +91,32 @@ def _session(lab: Lab) -> Any:
     )
 
 
-def s3_client(lab: Lab) -> Any:
-    """The S3 client, built once per run (path-style, bounded timeouts, one retry)."""
-    def make() -> Any:
-        return _session(lab).client("s3", endpoint_url=lab.settings.s3_endpoint or None,
-                                    config=_boto_config(lab))
+def _no_retry_after_timeout(caught_exception: BaseException | None = None, **_: Any) -> bool | None:
+    """``needs-retry`` handler, ahead of botocore's own: a request that timed out is not sent again.
 
-    return lab.client("s3", make)
+    A hung endpoint then costs one timeout, not one per attempt; throttling, 5xx answers and
+    dropped connections keep their one retry. (False is an answer, so botocore's handler is overruled.)
+    """
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    return False if isinstance(caught_exception, ConnectTimeoutError | ReadTimeoutError) else None
+
+
+def _client(lab: Lab, service: str, endpoint: str | None) -> Any:
+    client = _session(lab).client(service, endpoint_url=endpoint or None, config=_boto_config(lab))
+    client.meta.events.register_first(f"needs-retry.{client.meta.service_model.service_id.hyphenize()}",
+                                      _no_retry_after_timeout)
+    return client
+
+
+def s3_client(lab: Lab) -> Any:
+    """The S3 client, built once per run (path-style, bounded timeouts, one retry but not after a timeout)."""
+    return lab.client("s3", lambda: _client(lab, "s3", lab.settings.s3_endpoint))
 
 
 def cloudwatch_client(lab: Lab) -> Any:
     """The CloudWatch client (a separate endpoint), built once per run."""
-    def make() -> Any:
-        return _session(lab).client("cloudwatch", endpoint_url=lab.settings.cloudwatch_endpoint or None,
-                                    config=_boto_config(lab))
-
-    return lab.client("cloudwatch", make)
+    return lab.client("cloudwatch", lambda: _client(lab, "cloudwatch", lab.settings.cloudwatch_endpoint))
 
 
 def endpoint_name(lab: Lab) -> str:
@@ -125,14 +136,16 @@ class Failure:
     message: str
 
     def describe(self) -> str:
+        if self.code == "timeout" and self.message.startswith("timed out after"):
+            return self.message
         what = f"HTTP {self.status}" if self.status else "no answer"
         if self.code and self.code != str(self.status):
             what += f" {self.code}"
         return f"{what} ({self.message})" if self.message else what
 
 
-def classify(exc: BaseException) -> Failure:
-    """Sort a botocore exception into the playbook's causes."""
+def classify(exc: BaseException, timeouts: tuple[float, float] | None = None) -> Failure:
+    """Sort a botocore exception into the playbook's causes (``timeouts``: connect and read, to name them)."""
     from botocore import exceptions as bx
 
     if isinstance(exc, bx.ClientError):
@@ -150,21 +163,30 @@ def classify(exc: BaseException) -> Failure:
             kind = "error"
         return Failure(kind, status, code, message)
     if isinstance(exc, bx.ConnectTimeoutError | bx.ReadTimeoutError):
-        return Failure("network", None, "timeout", str(exc)[:200])
+        if timeouts is None:
+            return Failure("network", None, "timeout", str(exc)[:200])
+        connect = isinstance(exc, bx.ConnectTimeoutError)
+        waited = f"{timeouts[0]:g} s connecting" if connect else f"{timeouts[1]:g} s waiting for a response"
+        endpoint = str(getattr(exc, "kwargs", {}).get("endpoint_url") or "")
+        return Failure("network", None, "timeout", f"timed out after {waited}" + (f" from {endpoint}" if endpoint else ""))
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError
                   | bx.SSLError | bx.HTTPClientError):
         return Failure("network", None, type(exc).__name__, str(exc)[:200])
     return Failure("error", None, type(exc).__name__, str(exc)[:200])
 
 
-def _raise_for(exc: BaseException, target: str) -> ProbeError:
+def _timeouts(lab: Lab) -> tuple[float, float]:
+    return lab.settings.connect_s, lab.settings.read_s
+
+
+def _raise_for(exc: BaseException, target: str, lab: Lab | None = None) -> ProbeError:
     """A failure that stops a read-only probe: UNKNOWN with the reason."""
     from botocore import exceptions as bx
 
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return ProbeAuthError("no AWS credentials (set aws_access_key_id/aws_secret_access_key or the boto3 chain)",
                               target=target)
-    failure = classify(exc)
+    failure = classify(exc, _timeouts(lab) if lab is not None else None)
     if failure.kind == "forbidden":
         return ProbeAuthError(failure.describe(), target=target)
     if failure.kind == "network":
@@ -204,6 +226,8 @@ class Reach:
     def describe(self) -> str:
         if self.failure is None:
             return f"head_bucket answered in {self.elapsed_s:.3f} s"
+        if self.failure.describe().startswith("timed out after"):
+            return self.failure.describe()  # it says how long already
         return f"{self.failure.describe()} after {self.elapsed_s:.3f} s"
 
     def advice(self) -> str:
@@ -237,21 +261,31 @@ def _head_bucket_job(lab: Lab) -> tuple[str, Any]:
         try:
             client.head_bucket(Bucket=bucket)
         except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
-            raise _raise_for(exc, f"S3 bucket {bucket}") from None
+            raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None
         except _boto_errors() as exc:
-            failure = classify(exc)
+            failure = classify(exc, _timeouts(lab))
             if failure.kind == "error" and not isinstance(exc, bx.ClientError):
-                raise _raise_for(exc, f"S3 bucket {bucket}") from None  # our side (config, client): UNKNOWN
+                raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None  # our side (config, client): UNKNOWN
+            if failure.code == "timeout":  # returned, not raised: tell the lab the endpoint is not answering
+                lab.mark_dead(_s3_origin(lab), failure.describe())
             return Reach(bucket, endpoint, failure.kind, time.monotonic() - started, failure)
         return Reach(bucket, endpoint, "ok", time.monotonic() - started)
 
     return f"s3 head_bucket {bucket}", fetch
 
 
-def start(lab: Lab) -> None:
-    """Start head_bucket in the background (the storage checks' first question)."""
-    if lab.settings.s3_bucket:
+def start(lab: Lab, facts: Collection[str] = ("head_bucket",), *, metrics: Iterable[str] = ()) -> None:
+    """Start in the background what the selected checks read: head_bucket, usage, CloudWatch ``metrics``."""
+    if not lab.settings.s3_bucket:
+        return
+    if "head_bucket" in facts:
         lab.start(*_head_bucket_job(lab), origin=_s3_origin(lab))
+    if "usage" in facts:
+        usage_key, usage_fetch, _, _ = _usage_job(lab)
+        lab.start(usage_key, usage_fetch, origin=_s3_origin(lab))
+    for metric in metrics:
+        errors_key, errors_fetch, _ = _errors_job(lab, metric)
+        lab.start(errors_key, errors_fetch, origin=_cloudwatch_origin(lab))
 
 
 def head_bucket(lab: Lab) -> Reach:
@@ -335,6 +369,12 @@ def _cloudwatch_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
 
 def usage(lab: Lab) -> Usage:
     """Bucket usage: an exact bounded listing, else CloudWatch BucketSizeBytes."""
+    key, fetch, target, budget = _usage_job(lab)
+    usage_: Usage = lab.fact(key, fetch, target=target, budget=budget, origin=_s3_origin(lab))
+    return usage_
+
+
+def _usage_job(lab: Lab) -> tuple[str, Callable[[], Usage], str, float]:
     bucket = _settings_bucket(lab)
     target = f"S3 bucket {bucket}"
     limit = int(lab.settings.s3_list_max_objects)
@@ -349,12 +389,12 @@ def usage(lab: Lab) -> Usage:
                     return Usage(bucket, total, count, "list_objects_v2 (sum of object sizes)")
                 notes.append(f"listing stopped: {stopped}")
             except _boto_errors() as exc:
-                listing_error = _raise_for(exc, target)
+                listing_error = _raise_for(exc, target, lab)
                 notes.append(f"listing failed: {listing_error.reason}")
         try:
             size = _cloudwatch_size(lab, bucket)
         except _boto_errors() as exc:
-            cw_error = _raise_for(exc, f"CloudWatch {lab.settings.cloudwatch_endpoint or 'AWS'}")
+            cw_error = _raise_for(exc, f"CloudWatch {lab.settings.cloudwatch_endpoint or 'AWS'}", lab)
             raise type(listing_error or cw_error)(
                 "; ".join([*notes, f"CloudWatch BucketSizeBytes failed: {cw_error.reason}"]), target=target
             ) from None
@@ -369,8 +409,7 @@ def usage(lab: Lab) -> Usage:
                      tuple(notes))
 
     # The listing stops itself after 2 probe budgets; then one page in flight and one CloudWatch call.
-    return lab.fact(f"s3 usage {bucket}", fetch, target=target, budget=lab.budget * 2 + call_budget(lab, calls=2),
-                    origin=_s3_origin(lab))
+    return f"s3 usage {bucket}", fetch, target, lab.budget * 2 + call_budget(lab, calls=2)
 
 
 # --- CloudWatch request metrics --------------------------------------------------------------
@@ -389,6 +428,12 @@ class ErrorCount:
 
 def request_errors(lab: Lab, metric: str) -> ErrorCount:
     """CloudWatch ``4xxErrors`` or ``5xxErrors`` for the bucket over ``s3_error_window``."""
+    key, fetch, target = _errors_job(lab, metric)
+    count: ErrorCount = lab.fact(key, fetch, target=target, budget=call_budget(lab), origin=_cloudwatch_origin(lab))
+    return count
+
+
+def _errors_job(lab: Lab, metric: str) -> tuple[str, Callable[[], ErrorCount], str]:
     from labcheck.config import duration_seconds
 
     bucket = _settings_bucket(lab)
@@ -409,7 +454,7 @@ def request_errors(lab: Lab, metric: str) -> ErrorCount:
                 StartTime=start, EndTime=end, Period=period, Statistics=["Sum"],
             )
         except _boto_errors() as exc:
-            raise _raise_for(exc, target) from None
+            raise _raise_for(exc, target, lab) from None
         points = sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])
         if not points:
             raise NoData(f"no datapoints in the last {window} (are S3 request metrics enabled with "
@@ -418,8 +463,7 @@ def request_errors(lab: Lab, metric: str) -> ErrorCount:
                 for p in points]
         return ErrorCount(bucket, metric, window, sum(r["sum"] for r in rows), rows)
 
-    return lab.fact(f"cloudwatch {metric} {bucket} {window}", fetch, target=target, budget=call_budget(lab),
-                    origin=_cloudwatch_origin(lab))
+    return f"cloudwatch {metric} {bucket} {window}", fetch, target
 
 
 # --- write canary ----------------------------------------------------------------------------
