@@ -288,6 +288,9 @@ class Platform:
                 min_size=s.pool_min,
                 max_size=s.pool_max,
                 timeout=s.pool_timeout,
+                # A well-behaved pool closes connections it no longer needs well before the
+                # playbook's 10-minute idle threshold, so a long-lived healthy sandbox stays healthy.
+                max_idle=240.0,
                 kwargs={**self._conn_kwargs(), "autocommit": True},
                 check=AsyncConnectionPool.check_connection,
                 name=APP_NAME,
