@@ -11,7 +11,6 @@ import logging
 import math
 import random
 import secrets
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ import boto3
 import httpx
 import jwt
 import psycopg
-import uvicorn
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import (
@@ -43,6 +41,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labcheck.sandbox.serve import serve
 
 log = logging.getLogger("labcheck.sandbox.api")
 
@@ -1161,26 +1161,8 @@ def main(argv: list[str] | None = None) -> int:
     disable_created_metrics()
     settings = Settings.load(args.config)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        log_level=args.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    # uvicorn re-raises the signal that stopped it after a clean shutdown; exit 0 instead.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_cleanly)
-    uvicorn.Server(config).run()
-    return 0
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    return serve(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                 server_header=False, date_header=False)
 
 
 if __name__ == "__main__":

@@ -39,13 +39,12 @@ import os
 import random
 import re
 import secrets
-import signal
 import sys
 import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -2668,39 +2667,12 @@ def main(argv: Iterable[str] | None = None) -> int:
             "%s is readable by group/others; it holds secrets (want mode 0600)", args.config
         )
 
-    import uvicorn
+    from labcheck.sandbox.serve import serve
 
     tls: dict[str, Any] = {}
     if cfg.tls_cert and cfg.tls_key:
         ensure_tls_files(cfg.tls_cert, cfg.tls_key, ("127.0.0.1", "localhost", cfg.host))
         tls = {"ssl_certfile": cfg.tls_cert, "ssl_keyfile": cfg.tls_key}
-    app = create_app(cfg)
-
-    class _Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die
-            # by the signal; a handled SIGTERM should be a clean exit (status 0) instead.
-            sigs = (signal.SIGINT, signal.SIGTERM)
-            previous = {s: signal.signal(s, self.handle_exit) for s in sigs}
-            try:
-                yield
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-
-    server = _Server(
-        uvicorn.Config(
-            app,
-            host=cfg.host,
-            port=cfg.port,
-            access_log=False,
-            log_level="info",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-            **tls,
-        )
-    )
     log.info(
         "Kubernetes API stand-in on %s://%s:%d (namespace %s)",
         cfg.scheme,
@@ -2708,8 +2680,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         cfg.port,
         cfg.namespace,
     )
-    server.run()  # uvicorn handles SIGTERM/SIGINT: stops accepting, finishes requests, exits
-    return 0
+    return serve(create_app(cfg), host=cfg.host, port=cfg.port, graceful_s=2, **tls)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import hmac
 import json
 import logging
 import secrets
-import signal
 import socket
 import struct
 from collections import deque
@@ -23,13 +22,14 @@ from xml.sax.saxutils import escape
 
 import boto3
 import httpx
-import uvicorn
 from botocore.config import Config as BotoConfig
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from labcheck.sandbox.serve import serve
 
 log = logging.getLogger("labcheck.sandbox.s3gw")
 
@@ -436,27 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings.load(args.config)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=ResettingH11Protocol,
-        access_log=False,
-        server_header=False,
-        date_header=False,
-        log_level=args.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    # uvicorn re-raises the signal that stopped it after a clean shutdown; exit 0 instead.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _exit_cleanly)
-    uvicorn.Server(config).run()
-    return 0
-
-
-def _exit_cleanly(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    return serve(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                 http=ResettingH11Protocol, server_header=False, date_header=False)
 
 
 if __name__ == "__main__":

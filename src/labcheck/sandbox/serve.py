@@ -1,0 +1,27 @@
+"""Run one sandbox ASGI app with uvicorn: loopback, no access log, a clean exit status on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def serve(app: Any, *, host: str, port: int, log_level: str = "info", graceful_s: int = 5,
+          **options: Any) -> int:
+    """Serve until SIGTERM or SIGINT; exit 0 after the graceful shutdown.
+
+    uvicorn captures SIGTERM/SIGINT while it runs and re-raises the signal once it has shut down,
+    which would end the process by that signal; the handlers installed here turn it into exit 0.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level=log_level, lifespan="on",
+                            timeout_graceful_shutdown=graceful_s, **options)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
+    uvicorn.Server(config).run()
+    return 0
