@@ -158,9 +158,15 @@ def test_pushed_series_read_back_from_prometheus(healed: Any) -> None:
     check = "checks/api_gateway.py::check_error_ratio_below_sev2"
     success = f'labcheck_check_success{{job="labcheck",instance="{instance}",check="{check}"}}'
     severity = f'labcheck_incident_severity{{job="labcheck",instance="{instance}"}}'
+    def landed() -> bool:
+        # wait_for's earlier rounds pushed the same instance while the check still passed: poll until
+        # Prometheus has scraped the last push (every second), not merely any push.
+        got, sev = query(success), query(severity)
+        return bool(got and sev) and got[0]["value"][1] == "0" and float(sev[0]["value"][1]) == level
+
     end = time.monotonic() + 30
-    while not (query(success) and query(severity)):  # Prometheus scrapes the Pushgateway every second
-        assert time.monotonic() < end, "pushed series did not reach Prometheus within 30 s"
+    while not landed():
+        assert time.monotonic() < end, f"the last push did not reach Prometheus within 30 s: {query(success)}"
         time.sleep(0.5)
     [series] = query(success)
     assert series["value"][1] == "0"
