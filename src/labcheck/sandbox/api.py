@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -42,7 +41,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from labcheck.sandbox.serve import serve
+from labcheck.sandbox.serve import parse_args, serve
 
 log = logging.getLogger("labcheck.sandbox.api")
 
@@ -1148,16 +1147,7 @@ def create_app(settings: Settings) -> Starlette:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labcheck.sandbox.api", description=__doc__)
-    parser.add_argument("--config", required=True, help="path to api.json")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args("api", __doc__, argv, quiet=(("psycopg.pool", logging.ERROR),))
     disable_created_metrics()
     settings = Settings.load(args.config)
     app = create_app(settings)

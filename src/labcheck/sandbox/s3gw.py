@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -29,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from labcheck.sandbox.serve import serve
+from labcheck.sandbox.serve import parse_args, serve
 
 log = logging.getLogger("labcheck.sandbox.s3gw")
 
@@ -424,16 +423,7 @@ def create_app(settings: Settings) -> Starlette:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labcheck.sandbox.s3gw", description=__doc__)
-    parser.add_argument("--config", required=True, help="path to s3gw.json")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("botocore").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parse_args("s3gw", __doc__, argv, quiet=(("botocore", logging.WARNING),))
     settings = Settings.load(args.config)
     app = create_app(settings)
     return serve(app, host=settings.host, port=settings.port, log_level=args.log_level,

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import signal
+from collections.abc import Iterable
 from typing import Any
+
+
+def parse_args(service: str, description: str | None, argv: list[str] | None,
+               *, quiet: Iterable[tuple[str, int]] = ()) -> argparse.Namespace:
+    """The sandbox processes' command line (``--config FILE [--log-level L]``), with logging set up."""
+    parser = argparse.ArgumentParser(prog=f"python -m labcheck.sandbox.{service}", description=description)
+    parser.add_argument("--config", required=True, help=f"path to {service}.json")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, level in (("httpx", logging.WARNING), *quiet):
+        logging.getLogger(name).setLevel(level)
+    return args
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
