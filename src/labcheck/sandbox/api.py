@@ -337,7 +337,7 @@ class Platform:
             return False, "schema not ready"
         try:
             async with asyncio.timeout(3.0):
-                async with self.pool.connection(timeout=1.0) as conn:
+                async with self.pool.connection(timeout=self.settings.pool_timeout) as conn:
                     await conn.execute("SELECT 1")
             return True, "SELECT 1 ok"
         except PoolTimeout:

@@ -944,7 +944,9 @@ def _up_unlocked(
             "host": HOST,
             "port": p["api"],
             "dsn": app_dsn,
-            "pool_min": 2,
+            # Opened in full at start, as production pools usually are: ten triage runs at once
+            # on two cores must not see the pool still growing one connection at a time.
+            "pool_min": 10,
             "pool_max": 10,
             "s3_endpoint": url["s3gw"],
             "cloudwatch_endpoint": url["moto"],
