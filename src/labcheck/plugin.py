@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from labcheck import allure_results, verdict
+from labcheck import allure_results, snapshots, verdict
 from labcheck import config as cfg
 from labcheck.errors import CatalogueError, ConfigError, Unknown
 from labcheck.evidence import Evidence, RedactingLogFilter, Redactor
@@ -117,35 +117,9 @@ def _scenarios_dir(config: pytest.Config) -> Path:
     return Path(config.rootpath) / "scenarios"
 
 
-class _SnapshotDict(dict[str, Any]):
-    """logging's loggerDict, iterated through snapshots.
-
-    pytest's log capture iterates ``loggerDict.values()`` at every test phase while our probe
-    threads import client libraries that create loggers: "dictionary changed size during
-    iteration" then made a check UNKNOWN for no reason of the platform's.
-    """
-
-    def values(self) -> Any:
-        return list(super().values())
-
-    def items(self) -> Any:
-        return list(super().items())
-
-    def keys(self) -> Any:
-        return list(super().keys())
-
-
-def _snapshot_logger_dict() -> None:
-    import logging
-
-    manager = logging.Logger.manager
-    if type(manager.loggerDict) is dict:
-        manager.loggerDict = _SnapshotDict(manager.loggerDict)
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    _snapshot_logger_dict()
+    snapshots.install()
     for name in SEVERITIES:
         config.addinivalue_line("markers", f"{name}: {SEVERITY_HELP[name]}.")
     for name in COMPONENTS:
