@@ -307,7 +307,11 @@ def test_gate_fails_under_error_rate(healed: Any, tmp_path: Path) -> None:
 
 def test_after_heal_history_still_fails_naming_the_worst_minute(healed: Any, tmp_path: Path) -> None:
     healed.fault("error-rate", share=0.4)
-    poll(lambda: (prom(healed, RATIO) or 0) > 0.2, "5xx ratio above 20% in Prometheus")
+    # Heal once a point the history query itself samples (10 s subquery steps, aligned to the
+    # clock) is above 25%: an instant reading between two steps was seen above 20% while every
+    # step in its minute stayed at 18%.
+    poll(lambda: (prom(healed, f"max_over_time(({RATIO})[30s:10s])") or 0) > 0.25,
+         "5xx ratio above 25% at a 10 s step in Prometheus")
     healed.heal()
     poll(lambda: prom(healed, RATIO) == 0.0, "5xx ratio back to 0 after heal", deadline_s=30)
     proc, doc = gate_run(tmp_path, "--window", "2m")
