@@ -135,6 +135,16 @@ def test_healthy_sandbox_passes(healed):
     assert not (run.reports / "evidence").exists() or not any((run.reports / "evidence").rglob("*.txt"))
 
 
+def test_a_run_reads_without_the_generated_api_classes(healed, tmp_path):
+    # CoreV1Api and its pydantic models take over a second to import; the probe makes its GETs
+    # through ApiClient itself. A run against the live stand-in passes without importing them.
+    code = ("import sys, pytest; rc = pytest.main(['-q', '-p', 'no:cacheprovider', "
+            f"'--reports-dir={tmp_path}', {KUBE!r}]); "
+            "print('GENERATED' if any(m.startswith('kubernetes.client.api.') for m in sys.modules) else 'RAW', rc)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == f"RAW {pytest.ExitCode.OK}", proc.stdout[-3000:]
+
+
 def test_crash_loop_fails_with_scenario_and_evidence(healed):
     healed.fault("crash-loop", started_ago=60)
     run = healed.run_checks(KUBE, "-m", "kubernetes or api_gateway")

@@ -8,7 +8,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,6 +39,13 @@ CHANGE_CAUSE = "kubernetes.io/change-cause"
 CLIENT_FACT = "kube client"
 CLIENT_SETUP_S = 30.0  # importing the client and loading credentials (an exec plugin) may take this long
 LISTS = ("pods", "events", "nodes", "deployments", "replicasets")
+LIST_PATHS = {
+    "pods": "/api/v1/namespaces/{namespace}/pods",
+    "events": "/api/v1/namespaces/{namespace}/events",
+    "nodes": "/api/v1/nodes",
+    "deployments": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "replicasets": "/apis/apps/v1/namespaces/{namespace}/replicasets",
+}
 # Waiting reasons of a container that cannot start or keeps dying.
 CRASH_WAITING = ("CrashLoopBackOff",)
 STARTUP_WAITING = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError",
@@ -509,10 +516,6 @@ class Kube:
         except ConfigException as exc:
             raise ProbeAuthError(f"cannot load credentials from the kubeconfig: {exc}", target=self.target) from None
         api.user_agent = USER_AGENT
-        # The API classes are imported lazily and are large: import them here, in the client's own
-        # budget, so the first list does not spend its timeout importing code.
-        client.CoreV1Api(api)
-        client.AppsV1Api(api)
         return api
 
     # ---- one bounded request
@@ -556,13 +559,30 @@ class Kube:
             return ProbeUnreachable(f"{what}: {type(exc).__name__}: {text[:160]}", target=target)
         return ProbeBadResponse(f"{what}: {type(exc).__name__}: {text[:160]}", target=target)
 
-    def _read(self, what: str, call: Callable[[Any, tuple[float, float]], Any], *, max_bytes: int,
-              truncate: bool = False) -> bytes:
+    def _get(self, api: Any, path: str, params: Mapping[str, str], query: Sequence[tuple[str, Any]]) -> Any:
+        """One raw GET through the client: its credentials, TLS, proxy and ``_request_timeout``.
+
+        Made with ``ApiClient.param_serialize``/``call_api``, as the generated API classes do,
+        without them: CoreV1Api and its pydantic models take over a second to import, which was
+        most of a healthy run's time on two cores. Answers are read as JSON dicts, not models.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        s = self.lab.settings
+        request = api.param_serialize("GET", path, path_params=dict(params), query_params=list(query),
+                                      header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        response = api.call_api(*request, _request_timeout=(s.connect_s, s.read_s))
+        if not 200 <= response.status <= 299:
+            response.read()
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return response.response
+
+    def _read(self, what: str, path: str, params: Mapping[str, str] | None = None,
+              query: Sequence[tuple[str, Any]] = (), *, max_bytes: int, truncate: bool = False) -> bytes:
         """Make one GET through the client (raw response), read at most ``max_bytes``."""
         api = self.client()
-        s = self.lab.settings
         try:
-            response = call(api, (s.connect_s, s.read_s))
+            response = self._get(api, path, params or {}, query)
             try:
                 body = response.read(max_bytes + 1)
             except BaseException:
@@ -588,22 +608,6 @@ class Kube:
 
     # ---- the shared lists
 
-    def _list_call(self, resource: str) -> Callable[[Any, tuple[float, float]], Any]:
-        from kubernetes import client
-
-        ns = self.namespace
-        opts: dict[str, Any] = {"_preload_content": False}
-        if resource == "pods":
-            return lambda api, t: client.CoreV1Api(api).list_namespaced_pod(ns, _request_timeout=t, **opts)
-        if resource == "events":
-            return lambda api, t: client.CoreV1Api(api).list_namespaced_event(ns, _request_timeout=t, **opts)
-        if resource == "nodes":
-            return lambda api, t: client.CoreV1Api(api).list_node(_request_timeout=t, **opts)
-        if resource == "deployments":
-            return lambda api, t: client.AppsV1Api(api).list_namespaced_deployment(ns, _request_timeout=t, **opts)
-        if resource == "replicasets":
-            return lambda api, t: client.AppsV1Api(api).list_namespaced_replica_set(ns, _request_timeout=t, **opts)
-        raise ValueError(resource)
 
     def _key(self, resource: str) -> str:
         return f"kube list {resource}" if resource == "nodes" else f"kube list {resource} -n {self.namespace}"
@@ -611,7 +615,8 @@ class Kube:
     def _fetch_list(self, resource: str) -> list[Obj]:
         where = "" if resource == "nodes" else f" in namespace {self.namespace}"
         what = f"list {resource}{where}"
-        doc = self._json(what, self._read(what, self._list_call(resource), max_bytes=LIST_MAX_BYTES))
+        doc = self._json(what, self._read(what, LIST_PATHS[resource], {"namespace": self.namespace},
+                                          max_bytes=LIST_MAX_BYTES))
         items = doc.get("items") if isinstance(doc, dict) else None
         if not isinstance(items, list):
             raise ProbeBadResponse(f"{what}: the answer has no items list", target=self.target)
@@ -801,13 +806,11 @@ class Kube:
     # ---- the secret: key names only
 
     def _fetch_secret_keys(self, name: str) -> dict[str, bool] | None:
-        from kubernetes import client
-
         ns = self.namespace
         what = f"get secret {name} in namespace {ns}"
         try:
-            raw = self._read(what, lambda api, t: client.CoreV1Api(api).read_namespaced_secret(
-                name, ns, _preload_content=False, _request_timeout=t), max_bytes=LIST_MAX_BYTES)
+            raw = self._read(what, "/api/v1/namespaces/{namespace}/secrets/{name}", {"namespace": ns, "name": name},
+                             max_bytes=LIST_MAX_BYTES)
         except KubeNotFound:
             return None
         try:
@@ -841,17 +844,15 @@ class Kube:
         return f"kube log -n {self.namespace} {pod} -c {container}" + (" --previous" if previous else "")
 
     def _fetch_log(self, pod: str, container: str, previous: bool) -> str:
-        from kubernetes import client
-
         s = self.lab.settings
         limit = int(s.log_limit_bytes)
-        opts: dict[str, Any] = {"container": container, "since_seconds": max(1, int(s.log_since_s)),
-                                "limit_bytes": limit, "previous": previous}
+        query: list[tuple[str, Any]] = [("container", container), ("sinceSeconds", max(1, int(s.log_since_s))),
+                                        ("limitBytes", limit), ("previous", "true" if previous else "false")]
         if int(s.log_tail_lines) > 0:
-            opts["tail_lines"] = int(s.log_tail_lines)
+            query.append(("tailLines", int(s.log_tail_lines)))
         what = f"logs of {pod}/{container}" + (" (previous instance)" if previous else "")
-        body = self._read(what, lambda api, t: client.CoreV1Api(api).read_namespaced_pod_log(
-            pod, self.namespace, _preload_content=False, _request_timeout=t, **opts), max_bytes=limit, truncate=True)
+        body = self._read(what, "/api/v1/namespaces/{namespace}/pods/{name}/log",
+                          {"namespace": self.namespace, "name": pod}, query, max_bytes=limit, truncate=True)
         return body.decode("utf-8", errors="replace")
 
     def start_log(self, pod: str, container: str, *, previous: bool = False) -> None:
