@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -77,15 +78,45 @@ class HttpResult:
         }
 
 
+class _LazyTLS(httpx.BaseTransport):
+    """The https:// transport, built on first use.
+
+    A verifying transport loads the CA bundle when it is built: 0.15 s alone and 0.5 s on two
+    cores while every probe starts at once, which a run against plain-http targets paid before its
+    first request left. Built once, under a lock, by whichever request needs it first.
+    """
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._transport: httpx.HTTPTransport | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            if self._transport is None:
+                self._transport = httpx.HTTPTransport(verify=True, limits=self._limits)
+            transport = self._transport
+        return transport.handle_request(request)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.close()
+
+
 def _client(lab: Lab) -> httpx.Client:
     s = lab.settings
     timeout = httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
     return httpx.Client(
         timeout=timeout,
         follow_redirects=False,
-        verify=True,
+        # Every https:// URL goes through the verifying transport mounted below; the default
+        # transport only ever carries plain http://, where there is nothing to verify.
+        verify=False,
+        mounts={"https://": _LazyTLS(limits)},
         trust_env=False,
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        limits=limits,
         headers={"User-Agent": "labcheck"},
     )
 
