@@ -692,14 +692,13 @@ def _http_answers(url: str) -> bool:
     return resp.status_code < 500
 
 
-def _prom_up(prom_url: str, job: str) -> bool:
-    resp = httpx.get(
-        f"{prom_url}/api/v1/query", params={"query": f'up{{job="{job}"}}'}, timeout=_PROBE_TIMEOUT
-    )
+def _prom_has(prom_url: str, expr: str, want: str | None = None) -> bool:
+    """Whether an instant query answers with a series (whose value is ``want``, when given)."""
+    resp = httpx.get(f"{prom_url}/api/v1/query", params={"query": expr}, timeout=_PROBE_TIMEOUT)
     if resp.status_code != 200:
         return False
     result = resp.json().get("data", {}).get("result", [])
-    return any(item.get("value", [None, "0"])[1] == "1" for item in result)
+    return any(want is None or item.get("value", [None, None])[1] == want for item in result)
 
 
 def _ready(state: dict[str, Any], name: str) -> bool:
@@ -1069,9 +1068,13 @@ def _up_unlocked(
         st.wait("prometheus", lambda: _ready(state, "prometheus"), "prometheus /-/ready")
         st.wait(
             "prometheus",
-            lambda: _prom_up(url["prometheus"], "api"),
+            lambda: _prom_has(url["prometheus"], 'up{job="api"}', want="1"),
             'prometheus first scrape of the api (up{job="api"} == 1)',
         )
+        # Up means ready to triage: the suite's rate queries need two scrapes of the API's
+        # traffic inside the window, else a first run reports them UNKNOWN ("no data").
+        rate = f"sum(rate(http_requests_total[{WINDOW}]))"
+        st.wait("prometheus", lambda: _prom_has(url["prometheus"], rate), f"prometheus has {rate}")
 
         # 7./8. settings: the suite's configuration for this sandbox
         state["settings"] = {
