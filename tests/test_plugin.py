@@ -49,6 +49,20 @@ def test_collect_only_needs_no_network_and_no_heavy_imports() -> None:
     assert "check_health_answers_within_budget" in proc.stdout
 
 
+def test_garbage_collector_is_frozen_only_at_exit() -> None:
+    # The final full collection cost a run 0.2-0.5 s after its reports were written. A handler
+    # registered before pytest runs is called after the plugin's (atexit is last in, first out).
+    code = (
+        "import atexit, gc, sys, pytest\n"
+        "atexit.register(lambda: print('AT EXIT FROZEN', gc.get_freeze_count() > 0))\n"
+        "pytest.main(['-q', '--collect-only', 'checks', '-p', 'no:cacheprovider'])\n"
+        "print('AFTER MAIN FROZEN', gc.get_freeze_count() > 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "AFTER MAIN FROZEN False" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "AT EXIT FROZEN True" in proc.stdout, proc.stdout[-2000:]
+
+
 def test_check_without_markers_is_a_collection_error_naming_it(pytester: pytest.Pytester) -> None:
     pytester.mkdir("checks")
     pytester.path.joinpath("checks", "test_bare.py").write_text(
