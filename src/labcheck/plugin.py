@@ -478,9 +478,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     redact = item.config.stash.get(redactor_key, None)
     if redact is not None and call.excinfo is not None:
         _redact_exception(call.excinfo, redact)
-    if _is_unknown(item, call):
-        assert call.excinfo is not None
-        call.excinfo = _one_entry(call.excinfo, item)
     report: pytest.TestReport = yield
     if redact is not None and report.longrepr is not None and not isinstance(report.longrepr, tuple):
         if isinstance(report.longrepr, str):
@@ -516,7 +513,7 @@ class UnknownReports:
         excinfo = call.excinfo
         assert excinfo is not None
         lines = []
-        tb = excinfo.tb  # the innermost wrapper cut it to the check's own entry
+        tb = _own_entry(excinfo, item)
         if tb is not None:
             code = tb.tb_frame.f_code
             lines.append(f"{code.co_filename}:{tb.tb_lineno}: in {code.co_name}")
@@ -532,14 +529,8 @@ class UnknownReports:
                                  user_properties=item.user_properties)
 
 
-def _one_entry(excinfo: pytest.ExceptionInfo[BaseException], item: pytest.Item) -> pytest.ExceptionInfo[BaseException]:
-    """An UNKNOWN is reported by its reason: keep one traceback entry, the check's own line.
-
-    Formatting a traceback parses the source of every frame (the probes are large modules): that
-    cost an outage run 50-300 ms per UNKNOWN check. pytest rebuilds the traceback it prints from
-    the raw ``tb_next`` chain, so the chain itself is cut after the entry kept (the check's last
-    frame, else the innermost one), and a new ExceptionInfo starts at it.
-    """
+def _own_entry(excinfo: pytest.ExceptionInfo[BaseException], item: pytest.Item) -> TracebackType | None:
+    """The check's own (last) traceback entry, else the innermost one."""
     own: TracebackType | None = None
     last: TracebackType | None = None
     tb: TracebackType | None = excinfo.tb
@@ -548,11 +539,7 @@ def _one_entry(excinfo: pytest.ExceptionInfo[BaseException], item: pytest.Item) 
         if tb.tb_frame.f_code.co_filename == path:
             own = tb
         last, tb = tb, tb.tb_next
-    kept = own or last
-    if kept is None:
-        return excinfo
-    kept.tb_next = None
-    return pytest.ExceptionInfo.from_exc_info((type(excinfo.value), excinfo.value, kept))
+    return own or last
 
 
 def _redact_repr(obj: Any, redact: Redactor, depth: int) -> Any:
