@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable, Iterator
-from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
+
+from standin import Answer, StandIn
 
 CHECKS = "checks/auth.py"
 ALL_CHECKS = ("check_jwt_secret_present[JWT_SECRET]", "check_test_token_accepted",
               "check_request_without_token_rejected", "check_auth_error_ratio", "check_clock_skew")
-
-Answer = Callable[[str, str], tuple[int, Any]]
-
-
-class StandIn:
-    """A small HTTP server answering GETs from a function of (path, query) -> (status, JSON body)."""
-
-    def __init__(self, answer: Answer) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                parts = urlsplit(self.path)
-                status, doc = answer(parts.path, parts.query)
-                body = json.dumps(doc).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Date", formatdate(usegmt=True))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 @pytest.fixture
 def stand_in() -> Iterator[Callable[[Answer], StandIn]]:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from labcheck.fixtures.platform import experiments_shape_problems
+from standin import StandIn
 
 CHECKS = "checks/experiments.py"
 ALL_CHECKS = ("check_experiments_list_answers", "check_workers_deployment_available", "check_no_experiment_stuck")
@@ -30,43 +28,22 @@ def test_experiment_list_shape(doc: Any, problem: str | None) -> None:
     assert (problems == []) if problem is None else any(problem in p for p in problems)
 
 
-class StandInApi:
+def stand_in_api(body: Any) -> StandIn:
     """Serves a fixed /experiments body with HTTP 200."""
-
-    def __init__(self, body: Any) -> None:
-        payload = json.dumps(body).encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return StandIn(lambda path, query: (200, body))
 
 
 @pytest.fixture
-def bad_shape_api() -> Iterator[StandInApi]:
-    api = StandInApi({"items": [{"id": 1}]})
+def bad_shape_api() -> Iterator[StandIn]:
+    api = stand_in_api({"items": [{"id": 1}]})
     yield api
     api.close()
 
 
 @pytest.fixture
-def slow_but_alive_api() -> Iterator[StandInApi]:
+def slow_but_alive_api() -> Iterator[StandIn]:
     now = datetime.now(UTC)
-    api = StandInApi({"experiments": [
+    api = stand_in_api({"experiments": [
         # Started a day ago, still reporting progress: a long run, not a stuck one.
         {"id": 1, "name": "long", "state": "running", "started_at": (now - timedelta(days=1)).isoformat(),
          "updated_at": now.isoformat()},
@@ -107,14 +84,14 @@ def test_workers_unavailable_fails(healed: Any) -> None:
     assert run.triage["severity"] == "SEV-2"
 
 
-def test_unexpected_shape_fails(healed: Any, bad_shape_api: StandInApi) -> None:
+def test_unexpected_shape_fails(healed: Any, bad_shape_api: StandIn) -> None:
     run = healed.run_checks(CHECKS, "-k", "list_answers", "--api-url", bad_shape_api.url,
                             "--set", "test_token=t0ken-for-the-stand-in")
     check = run.check("check_experiments_list_answers")
     assert check["outcome"] == "failed" and "'experiments' list" in check["message"]
 
 
-def test_long_running_experiment_with_progress_is_not_stuck(healed: Any, slow_but_alive_api: StandInApi) -> None:
+def test_long_running_experiment_with_progress_is_not_stuck(healed: Any, slow_but_alive_api: StandIn) -> None:
     run = healed.run_checks(CHECKS, "-k", "stuck", "--api-url", slow_but_alive_api.url,
                             "--set", "test_token=t0ken-for-the-stand-in")
     assert run.outcome("check_no_experiment_stuck") == "passed"

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
 
 from labcheck.fixtures.platform import prom_duration_s
+from standin import StandIn
 
 CHECKS = "checks/metrics.py"
 SERIES = ("http_requests_total", "http_request_duration_seconds_bucket", "db_pool_connections", "db_pool_waiters")
@@ -42,57 +40,25 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakePrometheus:
-    """Answers the Prometheus HTTP API: ready, one healthy target, and empty vectors."""
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                parts = urlsplit(self.path)
-                if parts.path == "/-/ready":
-                    self._send(200, b"Prometheus Server is Ready.\n", "text/plain")
-                elif parts.path == "/api/v1/targets":
-                    target = {"labels": {"job": "api", "instance": "x:1"}, "health": "up", "lastError": "",
-                              "scrapeInterval": "15s", "scrapeUrl": "http://x:1/metrics", "lastScrape": ""}
-                    self._json({"status": "success", "data": {"activeTargets": [target]}})
-                elif parts.path == "/api/v1/query":
-                    query = parse_qs(parts.query).get("query", [""])[0]
-                    fake.queries.append(query)
-                    result = []
-                    if "timestamp(up)" in query:
-                        result = [{"metric": {"job": "api", "instance": "x:1"}, "value": [0, "3"]}]
-                    self._json({"status": "success", "data": {"resultType": "vector", "result": result}})
-                else:
-                    self._send(404, b"not found", "text/plain")
-
-            def _json(self, doc: Any) -> None:
-                self._send(200, json.dumps(doc).encode(), "application/json")
-
-            def _send(self, status: int, body: bytes, kind: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def _empty_prometheus(path: str, query: str) -> tuple[int, Any]:
+    """The Prometheus HTTP API: ready, one healthy target, and empty vectors (but timestamp(up))."""
+    if path == "/-/ready":
+        return 200, (b"Prometheus Server is Ready.\n", "text/plain")
+    if path == "/api/v1/targets":
+        target = {"labels": {"job": "api", "instance": "x:1"}, "health": "up", "lastError": "",
+                  "scrapeInterval": "15s", "scrapeUrl": "http://x:1/metrics", "lastScrape": ""}
+        return 200, {"status": "success", "data": {"activeTargets": [target]}}
+    if path == "/api/v1/query":
+        result = []
+        if "timestamp(up)" in parse_qs(query).get("query", [""])[0]:
+            result = [{"metric": {"job": "api", "instance": "x:1"}, "value": [0, "3"]}]
+        return 200, {"status": "success", "data": {"resultType": "vector", "result": result}}
+    return 404, (b"not found", "text/plain")
 
 
 @pytest.fixture
-def empty_prometheus() -> Iterator[FakePrometheus]:
-    fake = FakePrometheus()
+def empty_prometheus() -> Iterator[StandIn]:
+    fake = StandIn(_empty_prometheus)
     yield fake
     fake.close()
 
@@ -123,7 +89,7 @@ def test_stopped_prometheus_is_a_failure_and_blinds_the_checks_that_read_it(heal
 
 
 def test_missing_application_series_fail_here_and_are_unknown_where_read(
-        healed: Any, empty_prometheus: FakePrometheus) -> None:
+        healed: Any, empty_prometheus: StandIn) -> None:
     run = healed.run_checks(CHECKS, "checks/api_gateway.py", "checks/auth.py",
                             "--prometheus-url", empty_prometheus.url, "--api-url", healed.settings["api_url"])
     assert run.outcome("check_prometheus_ready") == "passed"
@@ -143,7 +109,7 @@ def test_missing_application_series_fail_here_and_are_unknown_where_read(
     assert run.triage["severity"] == "SEV-3"
 
 
-def test_stale_scrapes_fail(healed: Any, empty_prometheus: FakePrometheus) -> None:
+def test_stale_scrapes_fail(healed: Any, empty_prometheus: StandIn) -> None:
     # The stand-in's only target was last sampled 3 s ago: fresh at 15 s, stale at a factor of 0.1.
     args = (CHECKS, "-k", "fresh", "--prometheus-url", empty_prometheus.url)
     assert healed.run_checks(*args).outcome("check_scrapes_fresh") == "passed"
