@@ -24,6 +24,7 @@ from typing import Any
 
 import hostile
 import pytest
+from ownbox import clean_env, own_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 2  # --probe-timeout of the outage runs, seconds
@@ -77,15 +78,6 @@ class Run:
 
     def checks(self) -> dict[str, dict[str, Any]]:
         return {c["nodeid"]: c for c in self.triage["checks"]}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any labcheck target (LABCHECK_* and the playbook's own names)."""
-    aliases = {"KUBECONFIG", "DATABASE_URL", "S3_BUCKET", "TEST_TOKEN", "API_URL", "PROMETHEUS_URL"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABCHECK_") and k not in aliases}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    env.update(extra)
-    return env
 
 
 def run_checks(reports: Path, env: dict[str, str], *args: str, timeout: float = 150) -> Run:
@@ -356,14 +348,8 @@ class SandboxLogs:
 @pytest.fixture(scope="module")
 def bound_sandbox() -> Iterator[dict[str, Any]]:
     """Our own sandbox (not the shared one), stopped at the end of the module."""
-    from labcheck.sandbox import manager
-
-    state = manager.up(dir=SANDBOX_DIR, port_offset=PORT_OFFSET)
-    manager.heal(dir=SANDBOX_DIR)
-    try:
+    with own_sandbox(SANDBOX_DIR, PORT_OFFSET) as state:
         yield state
-    finally:
-        manager.down(dir=SANDBOX_DIR)
 
 
 def sandbox_env() -> dict[str, str]:

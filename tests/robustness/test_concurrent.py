@@ -10,7 +10,6 @@ tests/checks/test_database.py::test_too_many_clients_fails_connect_and_leaves_th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from ownbox import clean_env, own_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_DIR = Path("/tmp/lc-conc")
@@ -38,21 +38,12 @@ State = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[State]:
-    from labcheck.sandbox import manager
-
-    state = manager.up(dir=SANDBOX_DIR, port_offset=PORT_OFFSET, timeout=120)
-    try:
+    with own_sandbox(SANDBOX_DIR, PORT_OFFSET) as state:
         yield state
-    finally:
-        manager.down(dir=SANDBOX_DIR)
 
 
 def _env() -> dict[str, str]:
-    drop = ("LABCHECK_", "AWS_")
-    aliases = {"DATABASE_URL", "TEST_TOKEN", "S3_BUCKET", "KUBECONFIG"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in aliases}
-    env["LABCHECK_SANDBOX_DIR"] = str(SANDBOX_DIR)
-    return env
+    return clean_env(LABCHECK_SANDBOX_DIR=str(SANDBOX_DIR))
 
 
 # The one check left out: the application's pool gauge is an instant reading, and ten runs at once

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from ownbox import clean_env, own_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_DIR = Path("/tmp/lc-ro")
@@ -174,23 +174,12 @@ def _superuser(state: State) -> Any:
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[State]:
-    from labcheck.sandbox import manager
-
-    state = manager.up(dir=SANDBOX_DIR, port_offset=PORT_OFFSET, log_statements=True, timeout=120)
-    # The sandbox's labcheck role defaults to read-only transactions; take that away, so that
-    # what is proven below is labcheck's own doing, as it must be against a role we do not control.
-    with _superuser(state) as conn:
-        conn.execute("ALTER ROLE labcheck RESET default_transaction_read_only")
-    try:
+    with own_sandbox(SANDBOX_DIR, PORT_OFFSET, log_statements=True) as state:
+        # The sandbox's labcheck role defaults to read-only transactions; take that away, so that
+        # what is proven below is labcheck's own doing, as it must be against a role we do not control.
+        with _superuser(state) as conn:
+            conn.execute("ALTER ROLE labcheck RESET default_transaction_read_only")
         yield state
-    finally:
-        manager.down(dir=SANDBOX_DIR)
-
-
-def _env() -> dict[str, str]:
-    drop = ("LABCHECK_", "AWS_")
-    aliases = {"DATABASE_URL", "TEST_TOKEN", "S3_BUCKET", "KUBECONFIG"}
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in aliases}
 
 
 def write_profile(path: Path, settings: dict[str, Any], **overrides: Any) -> Path:
@@ -206,7 +195,7 @@ def run_checks(reports: Path, profile: Path, *extra: str, expect_rc: tuple[int, 
            "--profile", str(profile), *extra]
     if not any(a.startswith("checks") for a in extra):
         cmd.append("checks")
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode in expect_rc and "INTERNALERROR" not in out, out[-4000:]
     triage: dict[str, Any] = json.loads((reports / "triage.json").read_text())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from ownbox import clean_env, own_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_DIR = Path("/tmp/lc-sec")
@@ -77,22 +77,13 @@ NOISY = ("-rA", "-l", "-vv", "--log-level=DEBUG", "--log-cli-level=DEBUG", "--lo
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[State]:
-    from labcheck.sandbox import manager
-
-    state = manager.up(dir=SANDBOX_DIR, port_offset=PORT_OFFSET, timeout=120)
-    try:
+    with own_sandbox(SANDBOX_DIR, PORT_OFFSET) as state:
         yield state
-    finally:
-        manager.down(dir=SANDBOX_DIR)
 
 
 def _env() -> dict[str, str]:
     """Our environment without any labcheck configuration, pointed at our own sandbox."""
-    drop = ("LABCHECK_", "AWS_")
-    aliases = {"DATABASE_URL", "TEST_TOKEN", "S3_BUCKET", "KUBECONFIG"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in aliases}
-    env["LABCHECK_SANDBOX_DIR"] = str(SANDBOX_DIR)
-    return env
+    return clean_env(LABCHECK_SANDBOX_DIR=str(SANDBOX_DIR))
 
 
 class Outputs:
