@@ -13,7 +13,6 @@ value is what triage needs, not the last quarter of an hour.
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ import pytest
 from labcheck.config import Settings, duration_seconds
 from labcheck.errors import NoData, NotConfigured
 from labcheck.lab import Lab
+from labcheck.optin import deselect_marked, markexpr_names
 from labcheck.probes import prometheus
 
 MINUTE = 60.0
@@ -32,7 +32,6 @@ DEFAULT_WINDOW = "15m"
 CHECK_NAMES = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
 NOT_YET = "not yet {minutes} of evidence"
 
-_HISTORY = re.compile(r"\bhistory\b")
 
 
 def minutes_text(seconds: float) -> str:
@@ -198,8 +197,7 @@ def history_window(config: pytest.Config, settings: Settings | None) -> str | No
     """The look-back when this run asked for history checks, else None."""
     if settings is not None and settings.history_window:
         return str(settings.history_window)
-    markexpr = str(getattr(config.option, "markexpr", "") or "")
-    if _HISTORY.search(markexpr) and not re.search(r"\bnot\s+history\b", markexpr):
+    if markexpr_names(config, "history"):
         return DEFAULT_WINDOW
     return None
 
@@ -214,15 +212,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Deselect ``history``-marked checks unless the run asked for history."""
     from labcheck.plugin import settings_key
 
-    if history_window(config, config.stash.get(settings_key, None)):
-        return
-    keep: list[pytest.Item] = []
-    drop: list[pytest.Item] = []
-    for item in items:
-        (drop if item.get_closest_marker("history") is not None else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    if not history_window(config, config.stash.get(settings_key, None)):
+        deselect_marked(config, items, "history")
 
 
 @pytest.fixture(scope="session")
