@@ -234,6 +234,12 @@ def test_a_recent_rollout_is_a_suspect_and_rollback_comes_first_naming_the_revis
     both = build(API_5XX, rollout_check, workers)
     assert [s["deployment"] for s in both["suspects"]] == ["llm-research-api", "experiment-workers"]
     assert [s["scenario"] for s in both["next_steps"][:2]] == ["recent-rollout", "recent-rollout"]
+    assert "(failing: api_gateway, which it runs)" in both["suspects"][0]["why"]
+    assert "failing:" not in both["suspects"][1]["why"]
+    # When what fails is what the older rollout runs, that rollout is the first suspect.
+    stalled = build(check("check_workers_deployment_available", "experiments", 2), rollout_check, workers)
+    assert [s["deployment"] for s in stalled["suspects"]] == ["experiment-workers", "llm-research-api"]
+    assert stalled["next_steps"][0]["command"].startswith("kubectl rollout undo deployment/experiment-workers")
     # A rollout with only a sev3 failure is information, not a suspect.
     minor = build(check("check_endpoint_error_ratio[/datasets]", "api_gateway", 3, "high-error-rate"), rollout_check)
     assert minor["suspects"] == []

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from labcheck.config import Settings
+from labcheck.config import KEYS, Settings
 from labcheck.scenarios import Catalogue, Escalation, Scenario, SeverityData, Step
 
 SCHEMA_VERSION = 1
@@ -100,6 +100,23 @@ def _rollouts(facts: Mapping[str, Any], settings: Settings | None) -> list[dict[
                     "age_s": item.get("age_s"), "image": item.get("image"), "rollback": rollback})
     out.sort(key=lambda r: r["age_s"] if isinstance(r["age_s"], int | float) else float("inf"))  # newest first
     return out
+
+
+# The failing components a deployment's rollout can explain: the API is the gateway and checks
+# the tokens; the workers run the experiments. (A check parametrised by a deployment names it.)
+API_COMPONENTS = frozenset({"api_gateway", "auth"})
+WORKER_COMPONENTS = frozenset({"experiments"})
+
+
+def _concerned(rollout: Mapping[str, Any], failed: list[dict[str, Any]], settings: Settings | None) -> list[str]:
+    """The failing components that the rolled-out deployment runs (or whose checks name it)."""
+    def name(key: str) -> str:
+        return str(getattr(settings, key, None) or KEYS[key].default)
+
+    serves = {name("api_deployment"): API_COMPONENTS, name("workers_deployment"): WORKER_COMPONENTS}
+    deployment = rollout.get("deployment")
+    return sorted({c["component"] for c in failed if c["component"] in serves.get(str(deployment), ())
+                   or f"[{deployment}]" in c["nodeid"]})
 
 
 def _age(seconds: Any) -> str:
@@ -357,12 +374,17 @@ def build(
         facts["recent_deployment"] = bool(rollouts)
         sources["recent_deployment"] = sources.get("recent_rollout", "run")
 
-    suspects = []
+    ranked: list[tuple[bool, dict[str, Any]]] = []
     if level is not None and level <= 2:
         for r in rollouts:
-            suspects.append({**r, "why": f"deployment/{r['deployment']} was rolled out to revision {r['revision']} "
-                                         f"{_age(r['age_s'])}, shortly before {sev} failures: a recent deployment "
-                                         "is the playbook's first suspect (Scenario 1: rollback)"})
+            concerned = _concerned(r, failed, settings)
+            about = f" (failing: {', '.join(concerned)}, which it runs)" if concerned else ""
+            ranked.append((not concerned, {
+                **r, "why": f"deployment/{r['deployment']} was rolled out to revision {r['revision']} "
+                            f"{_age(r['age_s'])}, shortly before {sev} failures{about}: a recent deployment "
+                            "is the playbook's first suspect (Scenario 1: rollback)"}))
+    # The rollout of what is failing first; otherwise newest first, as the rollouts come.
+    suspects = [doc for _, doc in sorted(ranked, key=lambda pair: pair[0])]
 
     # Scenarios, cause-first.
     scenario_roles: dict[str, str] = {}
