@@ -652,6 +652,38 @@ class Cluster:
             meta["namespace"] = self.cfg.namespace
         return meta
 
+    def _container_events(
+        self,
+        involved: Obj,
+        p: PodModel,
+        app: AppSpec,
+        offsets: dict[str, float],
+        *,
+        first: float,
+        last: float | None = None,
+        count: int = 1,
+    ) -> list[Obj]:
+        """The kubelet's Pulled / Created / Started events of a pod's container, ``offsets`` after
+        ``first`` (and ``last``, for an event seen ``count`` times)."""
+        messages = {
+            "Pulled": f'Container image "{p.revision.image}" already present on machine',
+            "Created": f"Created container {app.container}",
+            "Started": f"Started container {app.container}",
+        }
+        return [
+            self._event(
+                involved,
+                reason,
+                messages[reason],
+                first=first + offset,
+                last=None if last is None else last + offset,
+                count=count,
+                host=p.node,
+                field_path=f"spec.containers{{{app.container}}}",
+            )
+            for reason, offset in offsets.items()
+        ]
+
     def _event(
         self,
         involved: Obj,
@@ -918,42 +950,8 @@ class Cluster:
             )
             p.container_ready = False
             p.container_ready_since = s
-            img = p.revision.image
-            events.append(
-                self._event(
-                    ref(p),
-                    "Pulled",
-                    f'Container image "{img}" already present on machine',
-                    first=s + 0.5,
-                    last=last + 0.5,
-                    count=n,
-                    host=p.node,
-                    field_path=cpath,
-                )
-            )
-            events.append(
-                self._event(
-                    ref(p),
-                    "Created",
-                    f"Created container {app.container}",
-                    first=s + 0.6,
-                    last=last + 0.6,
-                    count=n,
-                    host=p.node,
-                    field_path=cpath,
-                )
-            )
-            events.append(
-                self._event(
-                    ref(p),
-                    "Started",
-                    f"Started container {app.container}",
-                    first=s + 0.7,
-                    last=last + 0.7,
-                    count=n,
-                    host=p.node,
-                    field_path=cpath,
-                )
+            events += self._container_events(
+                ref(p), p, app, {"Pulled": 0.5, "Created": 0.6, "Started": 0.7}, first=s, last=last, count=n
             )
             events.append(
                 self._event(
@@ -1012,26 +1010,7 @@ class Cluster:
                     field_path=cpath,
                 )
             )
-            events.append(
-                self._event(
-                    ref(p),
-                    "Pulled",
-                    f'Container image "{p.revision.image}" already present on machine',
-                    first=s - 4,
-                    host=p.node,
-                    field_path=cpath,
-                )
-            )
-            events.append(
-                self._event(
-                    ref(p),
-                    "Started",
-                    f"Started container {app.container}",
-                    first=s - 3,
-                    host=p.node,
-                    field_path=cpath,
-                )
-            )
+            events += self._container_events(ref(p), p, app, {"Pulled": -4, "Started": -3}, first=s)
 
         workers = faults.get("workers-unavailable")
         if app.name == WORKERS and workers is not None:
@@ -1425,7 +1404,6 @@ class Cluster:
                 "uid": p.uid,
                 "apiVersion": "v1",
             }
-            cpath = f"spec.containers{{{app.container}}}"
             events.append(
                 self._event(
                     pref,
@@ -1435,35 +1413,8 @@ class Cluster:
                     component="default-scheduler",
                 )
             )
-            events.append(
-                self._event(
-                    pref,
-                    "Pulled",
-                    f'Container image "{p.revision.image}" already present on machine',
-                    first=p.created + 1,
-                    host=p.node,
-                    field_path=cpath,
-                )
-            )
-            events.append(
-                self._event(
-                    pref,
-                    "Created",
-                    f"Created container {app.container}",
-                    first=p.created + 2,
-                    host=p.node,
-                    field_path=cpath,
-                )
-            )
-            events.append(
-                self._event(
-                    pref,
-                    "Started",
-                    f"Started container {app.container}",
-                    first=p.created + 3,
-                    host=p.node,
-                    field_path=cpath,
-                )
+            events += self._container_events(
+                pref, p, app, {"Pulled": 1, "Created": 2, "Started": 3}, first=p.created
             )
 
     def _secret(self, faults: dict[str, Fault]) -> Obj:
