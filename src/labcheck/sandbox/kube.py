@@ -1043,7 +1043,9 @@ class Cluster:
                             ref(p),
                             "NodeNotReady",
                             "Node is not ready",
-                            first=nnr.since + 1,
+                            # At the fault's own instant: events stamped later are not listed
+                            # until then, and a run right after the fault must see it.
+                            first=nnr.since,
                             type_="Warning",
                             component="node-controller",
                         )
