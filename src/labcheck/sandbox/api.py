@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import math
@@ -41,7 +40,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from labcheck.sandbox.serve import parse_args, serve
+from labcheck.sandbox.serve import admin_key_ok, fault_params, parse_args, serve
 
 log = logging.getLogger("labcheck.sandbox.api")
 
@@ -946,8 +945,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
 
     def admin_denied(request: Request) -> Response | None:
-        given = request.headers.get("x-admin-key", "")
-        if given and hmac.compare_digest(given.encode(), settings.admin_key.encode()):
+        if admin_key_ok(request, settings.admin_key):
             return None
         return JSONResponse({"error": "forbidden"}, status_code=403)
 
@@ -1075,13 +1073,10 @@ def create_app(settings: Settings) -> Starlette:
         if (denied := admin_denied(request)) is not None:
             return denied
         name = request.path_params["name"]
-        raw = await request.body()
         try:
-            params = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        if not isinstance(params, dict):
-            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+            params = await fault_params(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         try:
             result = await platform.apply_fault(name, params)
         except KeyError:

@@ -55,6 +55,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from labcheck.sandbox.serve import admin_key_ok, fault_params
+
 log = logging.getLogger("labcheck.sandbox.kube")
 
 Obj = dict[str, Any]
@@ -2236,10 +2238,6 @@ def create_app(cfg: KubeConfig, cluster: Cluster | None = None) -> Starlette:
     cluster = cluster or Cluster(cfg)
     reqlog = RequestLog(cfg.requests_log)
 
-    def admin_ok(request: Request) -> bool:
-        key = request.headers.get("x-admin-key", "")
-        return hmac.compare_digest(key.encode(), cfg.admin_key.encode())
-
     def token_ok(request: Request) -> bool:
         auth = request.headers.get("authorization", "")
         scheme, _, tok = auth.partition(" ")
@@ -2248,7 +2246,7 @@ def create_app(cfg: KubeConfig, cluster: Cluster | None = None) -> Starlette:
         )
 
     async def admin(request: Request) -> Response:
-        if not admin_ok(request):
+        if not admin_key_ok(request, cfg.admin_key):
             return _json({"error": "missing or wrong X-Admin-Key"}, 403)
         rest = request.path_params["rest"].strip("/")
         method = request.method
@@ -2262,15 +2260,8 @@ def create_app(cfg: KubeConfig, cluster: Cluster | None = None) -> Starlette:
             if name not in FAULTS:
                 return _json({"error": f"unknown fault {name!r}", "available": sorted(FAULTS)}, 404)
             if method == "POST":
-                body = await request.body()
                 try:
-                    params = json.loads(body) if body.strip() else {}
-                except json.JSONDecodeError as exc:
-                    return _json({"error": f"body is not JSON: {exc}"}, 400)
-                if not isinstance(params, dict):
-                    return _json({"error": "params must be a JSON object"}, 400)
-                try:
-                    fault = cluster.inject(name, params)
+                    fault = cluster.inject(name, await fault_params(request))
                 except ValueError as exc:
                     return _json({"error": str(exc)}, 400)
                 log.info("fault %s injected", name)

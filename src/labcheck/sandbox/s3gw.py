@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import secrets
@@ -28,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from labcheck.sandbox.serve import parse_args, serve
+from labcheck.sandbox.serve import admin_key_ok, fault_params, parse_args, serve
 
 log = logging.getLogger("labcheck.sandbox.s3gw")
 
@@ -335,8 +334,7 @@ def create_app(settings: Settings) -> Starlette:
     ResettingH11Protocol.gateway = gateway
 
     def denied(request: Request) -> Response | None:
-        given = request.headers.get("x-admin-key", "")
-        if given and hmac.compare_digest(given.encode(), settings.admin_key.encode()):
+        if admin_key_ok(request, settings.admin_key):
             return None
         return JSONResponse({"error": "forbidden"}, status_code=403)
 
@@ -344,13 +342,10 @@ def create_app(settings: Settings) -> Starlette:
         if (resp := denied(request)) is not None:
             return resp
         name = request.path_params["name"]
-        raw = await request.body()
         try:
-            params = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-        if not isinstance(params, dict):
-            return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+            params = await fault_params(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         if name in ALIASES:
             mode = ALIASES[name]
         elif name == "s3-outage":

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import hmac
+import json
 import logging
 import signal
 from collections.abc import Iterable
 from typing import Any
+
+from starlette.requests import Request
 
 
 def parse_args(service: str, description: str | None, argv: list[str] | None,
@@ -20,6 +24,27 @@ def parse_args(service: str, description: str | None, argv: list[str] | None,
     for name, level in (("httpx", logging.WARNING), *quiet):
         logging.getLogger(name).setLevel(level)
     return args
+
+
+def admin_key_ok(request: Request, admin_key: str) -> bool:
+    """Whether a request to an admin endpoint carries the sandbox's key (X-Admin-Key), in constant time."""
+    given = request.headers.get("x-admin-key", "")
+    return bool(given) and hmac.compare_digest(given.encode(), admin_key.encode())
+
+
+async def fault_params(request: Request) -> dict[str, Any]:
+    """A fault's parameters: the JSON object in the body, or none for an empty body.
+
+    Raises ValueError for anything else, which the admin endpoints answer with HTTP 400.
+    """
+    raw = await request.body()
+    try:
+        params = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        params = None
+    if not isinstance(params, dict):
+        raise ValueError("body must be a JSON object")
+    return params
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
