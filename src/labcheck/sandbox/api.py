@@ -944,6 +944,19 @@ def create_app(settings: Settings) -> Starlette:
         body = {"error": "unauthorized", "detail": detail or "missing bearer token"}
         return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
 
+    def token_denied(request: Request) -> Response | None:
+        """401 unless the request carries a valid bearer token (None when it does)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return unauthorized(None)
+        try:
+            platform.verify_token(token.strip())
+        except jwt.ExpiredSignatureError:
+            return unauthorized("token expired")
+        except jwt.PyJWTError:
+            return unauthorized("token invalid")
+        return None
+
     def admin_denied(request: Request) -> Response | None:
         if admin_key_ok(request, settings.admin_key):
             return None
@@ -969,16 +982,8 @@ def create_app(settings: Settings) -> Starlette:
     async def experiments(request: Request) -> Response:
         if (injected := await platform.inject()) is not None:
             return injected
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return unauthorized(None)
-        try:
-            platform.verify_token(token.strip())
-        except jwt.ExpiredSignatureError:
-            return unauthorized("token expired")
-        except jwt.PyJWTError:
-            return unauthorized("token invalid")
+        if (denied := token_denied(request)) is not None:
+            return denied
         if platform.pool is None:
             body = {"error": "database unavailable", "detail": platform.db_error}
             return JSONResponse(body, status_code=503)
@@ -1010,15 +1015,8 @@ def create_app(settings: Settings) -> Starlette:
         """POST /experiments?dry_run=true: validate a submission, schedule nothing (issue 8's canary)."""
         if (injected := await platform.inject()) is not None:
             return injected
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return unauthorized(None)
-        try:
-            platform.verify_token(token.strip())
-        except jwt.ExpiredSignatureError:
-            return unauthorized("token expired")
-        except jwt.PyJWTError:
-            return unauthorized("token invalid")
+        if (denied := token_denied(request)) is not None:
+            return denied
         if request.query_params.get("dry_run", "").lower() not in ("1", "true", "yes"):
             return JSONResponse({"error": "the sandbox accepts dry-run submissions only (?dry_run=true)"},
                                 status_code=501)
