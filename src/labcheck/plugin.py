@@ -121,9 +121,6 @@ def _scenarios_dir(config: pytest.Config) -> Path:
     return Path(config.rootpath) / "scenarios"
 
 
-_exit_hook: list[bool] = []
-
-
 def _freeze_gc_at_exit() -> None:
     """At interpreter exit, after the atexit handlers, skip the final full garbage collection.
 
@@ -131,9 +128,8 @@ def _freeze_gc_at_exit() -> None:
     the reports were written (measured: 0.23 s -> 0.03 s). ``gc.freeze`` runs only at exit, so a
     process that calls pytest.main() and goes on collects its garbage as before.
     """
-    if not _exit_hook:
-        _exit_hook.append(True)
-        atexit.register(gc.freeze)
+    atexit.unregister(gc.freeze)  # once per process, however many times pytest configures
+    atexit.register(gc.freeze)
 
 
 @pytest.hookimpl(tryfirst=True)

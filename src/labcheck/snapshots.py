@@ -43,7 +43,7 @@ class SnapshotEnviron(os._Environ):  # type: ignore[type-arg]
         return {self.decodekey(k): self.decodevalue(v) for k, v in data.items()}
 
     def __iter__(self) -> Any:
-        return iter(list(self._snapshot()))
+        return iter(self._snapshot())
 
     def items(self) -> Any:
         return self._snapshot().items()
