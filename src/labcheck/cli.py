@@ -11,15 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from labcheck.errors import UsageError
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """A usage problem found after parsing (exit 2)."""
 
 
 class _Parser(argparse.ArgumentParser):

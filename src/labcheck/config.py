@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from labcheck.errors import ConfigError
+from labcheck.evidence import mask_dsn
 
 Parser = Callable[[Any], Any]
 
@@ -311,14 +312,6 @@ class Settings:
         ns = self.values.get("namespace")
         shown.append(f"namespace={ns}" + (f" context={ctx}" if ctx else ""))
         return f"{self.target}: " + " ".join(shown)
-
-
-_DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
-
-
-def mask_dsn(text: str) -> str:
-    """Hide the password part of any URL or DSN in text."""
-    return _DSN_PASSWORD.sub(r"\1***\3", text)
 
 
 def sandbox_state_file() -> Path:

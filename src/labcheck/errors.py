@@ -28,6 +28,10 @@ class LabcheckError(Exception):
     """Base class of every labcheck error."""
 
 
+class UsageError(Exception):
+    """A command-line usage problem found after parsing (the CLI exits 2 with one line)."""
+
+
 class ConfigError(LabcheckError):
     """A configuration value is invalid; the message names the key and its source."""
 

@@ -14,6 +14,13 @@ from typing import Any
 
 MASK = "***"
 
+_DSN_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def mask_dsn(text: str) -> str:
+    """Hide the password part of any URL or DSN in text."""
+    return _DSN_PASSWORD.sub(r"\1***\3", text)
+
 _SECRET_KEY = (r"[A-Z0-9_.\-]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|ADMIN_?KEY|PRIVATE_?KEY)"
                r"[A-Z0-9_\-]*")
 

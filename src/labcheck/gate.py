@@ -154,7 +154,7 @@ def options_from(args: argparse.Namespace) -> GateOptions:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from labcheck.cli import UsageError
+    from labcheck.errors import UsageError
 
     try:
         options = options_from(args)

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from labcheck.config import Settings, mask_dsn
+from labcheck.config import Settings
+from labcheck.evidence import mask_dsn
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -164,7 +164,7 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from labcheck.cli import UsageError
+    from labcheck.errors import UsageError
 
     reports = Path(args.reports_dir or os.environ.get("LABCHECK_REPORTS_DIR") or "reports")
     results = Path(args.results) if args.results else reports / "allure-results"

@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-
 from labcheck.sandbox.kube import request_info, write_kubeconfig
 
 NS = "llm-research"

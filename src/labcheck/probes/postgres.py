@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from labcheck.config import mask_dsn
 from labcheck.errors import (
     NoData,
     NotConfigured,
@@ -23,6 +22,7 @@ from labcheck.errors import (
     ProbeTimeout,
     ProbeUnreachable,
 )
+from labcheck.evidence import mask_dsn
 
 if TYPE_CHECKING:
     from labcheck.lab import Lab

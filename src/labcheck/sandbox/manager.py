@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import httpx
 
+from labcheck.evidence import mask_dsn
+
 __all__ = [
     "ALL_FAULTS",
     "DEFAULT_PORTS",
@@ -169,16 +171,6 @@ def ports(port_offset: int = 0) -> dict[str, int]:
     if len(set(result.values())) != len(result):
         raise SandboxError(f"two services would share a port: {result}")
     return result
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ***."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or "@" not in rest:
-        return dsn
-    creds, _, hostpart = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hostpart}"
 
 
 def _write_private(path: Path, text: str) -> None:
