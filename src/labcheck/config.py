@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from labcheck.errors import ConfigError
 from labcheck.evidence import mask_dsn
+from labcheck.timefmt import duration_s, parse_timestamp
 
 Parser = Callable[[Any], Any]
 
@@ -100,23 +101,13 @@ def _ratio(value: Any) -> float:
     return number
 
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-
-
 def _duration(value: Any) -> str:
     text = _text(value)
-    if not _DURATION.match(text):
-        raise ValueError(f"not a Prometheus duration such as 5m or 30s: {text!r}")
+    try:
+        duration_s(text)
+    except ValueError:
+        raise ValueError(f"not a Prometheus duration such as 5m or 30s: {text!r}") from None
     return text
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds in a Prometheus duration such as ``5m``."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(text)
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return int(match.group(1)) * unit
 
 
 def _paths(value: Any) -> tuple[str, ...]:
@@ -151,30 +142,6 @@ def _bool(value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {value!r}")
-
-
-def parse_timestamp(value: Any) -> float:
-    """Epoch seconds from ISO-8601 (``2026-01-15T10:30:00Z``; no zone means UTC) or epoch seconds."""
-    from datetime import UTC, datetime
-
-    if isinstance(value, datetime):
-        stamp = value
-    else:
-        text = _text(value)
-        try:
-            number = float(text)
-        except ValueError:
-            try:
-                stamp = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"not an ISO-8601 time or epoch seconds: {text!r}") from None
-        else:
-            if math.isnan(number) or math.isinf(number) or number <= 0:
-                raise ValueError(f"not a valid epoch time: {text!r}")
-            return number
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
 
 
 @dataclass(frozen=True)
@@ -299,7 +266,7 @@ class Settings:
 
     @property
     def window_s(self) -> float:
-        return duration_seconds(self.values["window"])
+        return duration_s(self.values["window"])
 
     def describe(self) -> str:
         """One line naming what is being checked, for the report header."""

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labcheck.timefmt import duration_s, hms, iso_z, parse_timestamp
+
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_BLIND = 6
@@ -40,7 +42,6 @@ DEFAULT_WINDOW = "15m"
 DEFAULT_INTERVAL = "30s"
 HISTORY_CHECKS = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)?$")
 _PROM_DURATION = re.compile(r"^\d+(s|m|h|d)$")
 
 
@@ -50,20 +51,10 @@ class GateUsageError(Exception):
 
 def parse_duration(text: str, option: str) -> float:
     """Seconds in ``30s``, ``15m``, ``1h`` or a plain number of seconds."""
-    match = _DURATION.match(text.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise GateUsageError(f"{option}: not a duration such as 30s, 15m or 1h: {text!r}")
-    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2) or "s"]
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _hms(seconds: float) -> str:
-    seconds = max(int(round(seconds)), 0)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+    try:
+        return duration_s(text, bare_seconds=True)
+    except ValueError:
+        raise GateUsageError(f"{option}: not a duration such as 30s, 15m or 1h: {text!r}") from None
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -132,8 +123,6 @@ def add_arguments(subparsers: Any) -> None:
 
 def options_from(args: argparse.Namespace) -> GateOptions:
     """Validate the parsed options (one-line errors naming the option)."""
-    from labcheck.config import parse_timestamp
-
     since = None
     if args.since is not None:
         try:
@@ -141,7 +130,7 @@ def options_from(args: argparse.Namespace) -> GateOptions:
         except ValueError as exc:
             raise GateUsageError(f"--since: {exc}") from None
         if since > time.time() + 60:
-            raise GateUsageError(f"--since: {_iso(since)} is in the future")
+            raise GateUsageError(f"--since: {iso_z(since)} is in the future")
     if not _PROM_DURATION.match(args.window or ""):
         raise GateUsageError(f"--window: not a duration such as 15m or 900s: {args.window!r}")
     soak = parse_duration(args.soak, "--soak") if args.soak else None
@@ -203,7 +192,7 @@ class Round:
     def doc(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("triage")
-        out["started_at"] = _iso(self.started_at)
+        out["started_at"] = iso_z(self.started_at)
         return out
 
 
@@ -324,7 +313,7 @@ class Gate:
             shutil.rmtree(o.reports / "allure-results", ignore_errors=True)
         soak, interval = float(o.soak_s or 0), o.interval_s
         mode = "fail-fast" if o.fail_fast else "fail-at-end"
-        self.out(f"gate: soak {_hms(soak)} every {_hms(interval)} ({mode}); reports in {o.reports}")
+        self.out(f"gate: soak {hms(soak)} every {hms(interval)} ({mode}); reports in {o.reports}")
         t0 = self.clock()
         index = 0
         try:
@@ -377,7 +366,7 @@ class Gate:
         pending = " (history pending)" if rnd.status == "green" and any(
             h["outcome"] == "unknown" for h in rnd.history) else ""
         self.out(f"gate: round {rnd.index} {rnd.status.upper()}{pending} (exit {rnd.exit_code}, "
-                 f"{rnd.duration_s:.1f} s) | elapsed {_hms(elapsed)}, remaining {_hms(remaining)} | "
+                 f"{rnd.duration_s:.1f} s) | elapsed {hms(elapsed)}, remaining {hms(remaining)} | "
                  f"failures so far: {len(red)} round(s)" + (f", {', '.join(failing)}" if failing else ""))
         for reason in rnd.reasons[:6]:
             self.out(f"    {reason}")
@@ -422,10 +411,10 @@ class Gate:
             "gate": result,
             "exit_code": code,
             "reasons": reasons,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(finished),
+            "started_at": iso_z(self.started_at),
+            "finished_at": iso_z(finished),
             "duration_s": round(finished - self.started_at, 3),
-            "since": _iso(o.since) if o.since is not None else None,
+            "since": iso_z(o.since) if o.since is not None else None,
             "history_window": o.window if o.history else None,
             "fail_on_unknown": o.fail_on_unknown,
             "soak": {"duration_s": o.soak_s, "interval_s": o.interval_s,
@@ -490,7 +479,7 @@ def resolution_markdown(gate: dict[str, Any], triage: dict[str, Any], *, since: 
         verified += (f"; the 5xx ratio and p95 latency stayed under their thresholds in every minute "
                      f"{where}")
     if gate.get("soak"):
-        verified += f"; soak: {len(gate['rounds'])} rounds over {_hms(gate['soak']['duration_s'])}, all green"
+        verified += f"; soak: {len(gate['rounds'])} rounds over {hms(gate['soak']['duration_s'])}, all green"
     lines = [
         "**INCIDENT RESOLVED**",
         "",

@@ -20,29 +20,18 @@ from typing import Any
 
 import pytest
 
-from labcheck.config import Settings, duration_seconds
+from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured
 from labcheck.lab import Lab
 from labcheck.optin import deselect_marked, markexpr_names
 from labcheck.probes import prometheus
+from labcheck.timefmt import MINUTE, clock, duration_s, minutes_text
 
-MINUTE = 60.0
 DEFAULT_WINDOW = "15m"
 # The checks this module serves, by function name (the gate reads their outcome from triage.json).
 CHECK_NAMES = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
 NOT_YET = "not yet {minutes} of evidence"
 
-
-
-def minutes_text(seconds: float) -> str:
-    minutes = seconds / MINUTE
-    text = f"{minutes:g}" if minutes == int(minutes) else f"{minutes:.1f}"
-    return f"{text} minute" + ("" if minutes == 1 else "s")
-
-
-def clock(ts: float, *, date: bool = False) -> str:
-    stamp = datetime.fromtimestamp(ts, tz=UTC)
-    return stamp.strftime("%Y-%m-%d %H:%M:%S UTC" if date else "%H:%M:%S")
 
 
 @dataclass(frozen=True)
@@ -136,7 +125,7 @@ class HistorySignals:
     def __init__(self, lab: Lab, *, window: str, since: float | None, now: float | None = None) -> None:
         self.lab = lab
         self.window = window
-        self.wanted_s = duration_seconds(window)
+        self.wanted_s = duration_s(window)
         self.since = since
         self.now = round(now if now is not None else time.time(), 3)
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import atexit
 import gc
-import json
 import linecache
 import logging
 import os
 import shutil
 import time
 from collections.abc import Generator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -696,8 +694,4 @@ def _failure_text(report: pytest.TestReport) -> str:
 EXIT_BLIND_SPOTS = 6
 
 
-def now_iso(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(ts if ts is not None else time.time(), tz=UTC).isoformat(timespec="seconds")
-
-
-__all__ = ["Expect", "check_meta", "json", "marker_problems", "now_iso"]
+__all__ = ["Expect", "check_meta", "marker_problems"]

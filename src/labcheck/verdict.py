@@ -24,6 +24,7 @@ from typing import Any
 
 from labcheck.config import KEYS, Settings
 from labcheck.scenarios import Catalogue, Escalation, Scenario, SeverityData, Step
+from labcheck.timefmt import ago, hhmm, iso_utc
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("triage.schema.json")
@@ -32,10 +33,6 @@ BUSINESS_ORDER = ("critical", "high", "medium", "low", "none")
 
 def sev_name(level: int | None) -> str | None:
     return f"SEV-{level}" if level else None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
 
 
 def _fill(text: str | None, settings: Settings | None) -> str | None:
@@ -117,18 +114,6 @@ def _concerned(rollout: Mapping[str, Any], failed: list[dict[str, Any]], setting
     deployment = rollout.get("deployment")
     return sorted({c["component"] for c in failed if c["component"] in serves.get(str(deployment), ())
                    or f"[{deployment}]" in c["nodeid"]})
-
-
-def _age(seconds: Any) -> str:
-    try:
-        s = float(seconds)
-    except (TypeError, ValueError):
-        return "recently"
-    if s < 120:
-        return f"{s:.0f} s ago"
-    if s < 7200:
-        return f"{s / 60:.0f} min ago"
-    return f"{s / 3600:.1f} h ago"
 
 
 # --- ranking ---------------------------------------------------------------------------------
@@ -381,7 +366,7 @@ def build(
             about = f" (failing: {', '.join(concerned)}, which it runs)" if concerned else ""
             ranked.append((not concerned, {
                 **r, "why": f"deployment/{r['deployment']} was rolled out to revision {r['revision']} "
-                            f"{_age(r['age_s'])}, shortly before {sev} failures{about}: a recent deployment "
+                            f"{ago(r['age_s'])}, shortly before {sev} failures{about}: a recent deployment "
                             "is the playbook's first suspect (Scenario 1: rollback)"}))
     # The rollout of what is failing first; otherwise newest first, as the rollouts come.
     suspects = [doc for _, doc in sorted(ranked, key=lambda pair: pair[0])]
@@ -411,7 +396,7 @@ def build(
     for s in suspects:
         target = f" to revision {s['previous_revision']}" if s["previous_revision"] is not None else ""
         add({"step": f"Rollback deployment/{s['deployment']} from revision {s['revision']}{target} "
-                     f"(rolled out {_age(s['age_s'])})", "command": s["rollback"], "scenario": "recent-rollout",
+                     f"(rolled out {ago(s['age_s'])})", "command": s["rollback"], "scenario": "recent-rollout",
              "condition": "true", "because": s["why"]})
     for sc_doc in scenarios:
         for step in sc_doc["mitigation"]:
@@ -459,16 +444,16 @@ def build(
     detected = finished_at
     next_update = None
     if lvl is not None:
-        next_update = _iso(detected + 60 * min(lvl.response_minutes, 30))
+        next_update = iso_utc(detected + 60 * min(lvl.response_minutes, 30))
     return {
         "schema_version": SCHEMA_VERSION,
         "severity": sev,
         "severity_definition": lvl.definition if lvl else None,
         "response_time": lvl.response_time if lvl else None,
         "target": settings.describe() if settings else None,
-        "started_at": _iso(started_at),
-        "finished_at": _iso(finished_at),
-        "detected_at": _iso(detected) if sev else None,
+        "started_at": iso_utc(started_at),
+        "finished_at": iso_utc(finished_at),
+        "detected_at": iso_utc(detected) if sev else None,
         "next_update_at": next_update,
         "duration_s": round(finished_at - started_at, 3),
         "counts": {o: sum(1 for c in checks if c["outcome"] == o) for o in ("passed", "failed", "unknown", "skipped")},
@@ -657,7 +642,7 @@ def empty_verdict(*, error: str | None = None, started_at: float | None = None) 
         if error else []
     return {
         "schema_version": SCHEMA_VERSION, "severity": None, "severity_definition": None, "response_time": None,
-        "error": error, "target": None, "started_at": _iso(now), "finished_at": _iso(now), "detected_at": None,
+        "error": error, "target": None, "started_at": iso_utc(now), "finished_at": iso_utc(now), "detected_at": None,
         "next_update_at": None, "duration_s": 0.0,
         "counts": {"passed": 0, "failed": 0, "unknown": 0, "skipped": 0},
         "affected_components": [], "impact": None, "impact_details": [], "probable_cause": None, "causes": [],
@@ -702,10 +687,6 @@ def write_usage_error(directory: Path, message: str, *, checks: Iterable[Mapping
 # --- incident.md -----------------------------------------------------------------------------
 
 
-def _hhmm(iso: str) -> str:
-    return datetime.fromisoformat(iso).strftime("%H:%M UTC")
-
-
 def _observed(check: Mapping[str, Any]) -> str:
     values = "; ".join(f"{o['target']}: observed {o['observed']} (threshold {o['threshold']})"
                        for o in check.get("observed") or [])
@@ -722,7 +703,7 @@ def incident_markdown(data: Mapping[str, Any]) -> str:
         "**INCIDENT DECLARED**",
         "",
         f"**Severity:** {data['severity']}",
-        f"**Time Detected:** {_hhmm(detected)}",
+        f"**Time Detected:** {hhmm(detected)}",
         f"**Impact:** {data.get('impact') or 'Affected components: ' + ', '.join(data['affected_components'])}",
         "",
         "**Current Status:**",
@@ -770,7 +751,7 @@ def incident_markdown(data: Mapping[str, Any]) -> str:
         "- Technical Lead: @[name]",
         "- Comms: @[name]",
         "",
-        f"**Next Update:** {_hhmm(next_update) if next_update else '[Time - typically 15-30 min]'}",
+        f"**Next Update:** {hhmm(next_update) if next_update else '[Time - typically 15-30 min]'}",
         "",
         f"**Incident Channel:** #inc-{day}-[description]",
         "",
@@ -818,8 +799,8 @@ def _resolution_markdown(data: Mapping[str, Any]) -> str:
         head,
         "",
         f"**Status:** {'Monitoring' if data.get('sev1_blind') else 'Resolved'}: no check failed at "
-        f"{_hhmm(finished)} ({counts['passed']} passed, {counts['unknown']} unknown)",
-        f"**Duration:** [Start time] - {_hhmm(finished)} ([X hours Y minutes])",
+        f"{hhmm(finished)} ({counts['passed']} passed, {counts['unknown']} unknown)",
+        f"**Duration:** [Start time] - {hhmm(finished)} ([X hours Y minutes])",
         "**Impact:** [Description of what was affected]",
         "",
         "**Root Cause:** [Brief explanation]",

@@ -25,6 +25,7 @@ from labcheck.errors import (
     ProbeUnreachable,
     Unknown,
 )
+from labcheck.timefmt import human_age, parse_time
 
 if TYPE_CHECKING:
     from labcheck.lab import Lab
@@ -59,32 +60,6 @@ class KubeNotFound(ProbeBadResponse):
 
 
 # --- time and selectors ------------------------------------------------------------------------
-
-
-def parse_time(value: Any) -> float | None:
-    """Seconds since the epoch of a Kubernetes timestamp (RFC 3339), None when absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.timestamp()
-
-
-def human_age(seconds: float | None) -> str:
-    """``95 s``, ``12 min``, ``5.0 h``, ``3.2 d``."""
-    if seconds is None:
-        return "unknown age"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 _SET_TERM = re.compile(r"^\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s+(in|notin)\s+\(([^)]*)\)\s*$")

@@ -434,11 +434,11 @@ def request_errors(lab: Lab, metric: str) -> ErrorCount:
 
 
 def _errors_job(lab: Lab, metric: str) -> tuple[str, Callable[[], ErrorCount], str]:
-    from labcheck.config import duration_seconds
+    from labcheck.timefmt import duration_s
 
     bucket = _settings_bucket(lab)
     window = str(lab.settings.s3_error_window)
-    seconds = max(60, int(duration_seconds(window)))
+    seconds = max(60, int(duration_s(window)))
     filter_id = str(lab.settings.s3_metrics_filter_id)
     target = f"CloudWatch AWS/S3 {metric} for {bucket}"
 
