@@ -10,6 +10,8 @@ import threading
 import urllib.request
 from collections.abc import Callable
 
+import pytest
+
 from labcheck import snapshots
 
 ROUNDS = 20000
@@ -38,10 +40,27 @@ def _race(mutate: Callable[[int], None], read: Callable[[], object]) -> list[Bas
     return errors
 
 
-def test_environ_is_installed_by_the_plugin() -> None:
-    # The plugin is loaded through its entry point in this very run.
-    assert type(os.environ) is snapshots.SnapshotEnviron
-    assert type(logging.Logger.manager.loggerDict) is snapshots.SnapshotDict
+PROBE = """
+import logging, os
+from labcheck import snapshots
+
+def test_probe():
+    print("SHIM", type(os.environ) is snapshots.SnapshotEnviron,
+          type(logging.Logger.manager.loggerDict) is snapshots.SnapshotDict)
+"""
+
+
+def test_shim_is_installed_by_the_plugin_only_when_labcheck_is_used(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("LABCHECK_")]:
+        monkeypatch.delenv(name)
+    pytester.makepyfile(test_probe=PROBE)
+    inert = pytester.runpytest_subprocess("-s", "-p", "no:randomly")
+    inert.assert_outcomes(passed=1)
+    assert "SHIM False False" in inert.stdout.str()
+    used = pytester.runpytest_subprocess("-s", "-p", "no:randomly", "--no-sandbox")
+    used.assert_outcomes(passed=1)
+    assert "SHIM True True" in used.stdout.str()
 
 
 def test_getproxies_survives_a_key_popped_while_it_iterates() -> None:

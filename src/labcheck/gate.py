@@ -32,13 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labcheck.markers import DEFAULT_WINDOW
 from labcheck.timefmt import duration_s, hms, iso_z, parse_timestamp
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_BLIND = 6
 MARKERS = "sev1 or sev2"
-DEFAULT_WINDOW = "15m"
+
 DEFAULT_INTERVAL = "30s"
 HISTORY_CHECKS = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
 

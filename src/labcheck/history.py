@@ -20,14 +20,12 @@ from typing import Any
 
 import pytest
 
-from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured
 from labcheck.lab import Lab
-from labcheck.optin import deselect_marked, markexpr_names
+from labcheck.markers import history_window
 from labcheck.probes import prometheus
 from labcheck.timefmt import MINUTE, clock, duration_s, minutes_text
 
-DEFAULT_WINDOW = "15m"
 # The checks this module serves, by function name (the gate reads their outcome from triage.json).
 CHECK_NAMES = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
 NOT_YET = "not yet {minutes} of evidence"
@@ -179,30 +177,7 @@ class HistorySignals:
         return self._series("API p95 latency", f"max_over_time(({p95})[1m:{res}])")
 
 
-# --- the opt-in rule, the marker and the fixture ----------------------------------------------
-
-
-def history_window(config: pytest.Config, settings: Settings | None) -> str | None:
-    """The look-back when this run asked for history checks, else None."""
-    if settings is not None and settings.history_window:
-        return str(settings.history_window)
-    if markexpr_names(config, "history"):
-        return DEFAULT_WINDOW
-    return None
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "history: a check over the last minutes of Prometheus history; runs "
-                                       "only when history_window is set (labcheck gate) or -m names it.")
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect ``history``-marked checks unless the run asked for history."""
-    from labcheck.plugin import settings_key
-
-    if not history_window(config, config.stash.get(settings_key, None)):
-        deselect_marked(config, items, "history")
+# --- the fixture ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

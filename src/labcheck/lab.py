@@ -12,6 +12,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from labcheck import snapshots
 from labcheck.config import Settings
 from labcheck.errors import DeadlineReached, ProbeTimeout, Unknown
 from labcheck.evidence import Evidence, Redactor
@@ -38,6 +39,7 @@ class Lab:
     """
 
     def __init__(self, settings: Settings, *, redactor: Redactor, evidence: Evidence | None = None) -> None:
+        snapshots.install()  # probe threads read os.environ and loggerDict while pytest changes them
         self.settings = settings
         self.redact = redactor
         self.evidence = evidence

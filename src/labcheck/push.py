@@ -102,7 +102,7 @@ class PushMetrics:
         self.ok = False
 
     def _redact(self, text: str) -> str:
-        from labcheck.plugin import redactor_key
+        from labcheck.session import redactor_key
 
         redact = self.config.stash.get(redactor_key, None)
         text = mask_dsn(text)
@@ -117,7 +117,7 @@ class PushMetrics:
         return result
 
     def push_verdict(self) -> None:
-        from labcheck.plugin import settings_key
+        from labcheck.session import settings_key
 
         triage = self.config.pluginmanager.get_plugin("labcheck-triage")
         data = getattr(triage, "verdict", None)

@@ -200,3 +200,21 @@ def get(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str |
     fact_key, fn = _job(lab, url, headers, key)
     result: HttpResult = lab.fact(fact_key, fn, target=url)
     return result
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A request that may have failed: the failure itself is the observation."""
+
+    url: str
+    result: HttpResult | None
+    error: ProbeError | None
+
+    @property
+    def answered(self) -> bool:
+        return self.result is not None
+
+    def describe(self) -> str:
+        if self.result is not None:
+            return f"HTTP {self.result.status} in {self.result.elapsed_s:.3f} s"
+        return f"no answer ({self.error.reason if self.error else 'unknown'})"

@@ -25,8 +25,8 @@ from labcheck.errors import (
 from labcheck.evidence import mask_dsn
 
 if TYPE_CHECKING:
+    from labcheck.components.api_gateway import Api
     from labcheck.lab import Lab
-    from labcheck.probes.api import Api
 
 T = TypeVar("T")
 

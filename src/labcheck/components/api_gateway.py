@@ -1,32 +1,19 @@
-"""The platform API as the checks see it: health, readiness, and its Prometheus signals."""
+"""The API gateway: health, readiness and its Prometheus signals; the ``api`` fixture and ``api_endpoint``."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
+from labcheck.components import parameter
+from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse, ProbeError
 from labcheck.lab import Lab
+from labcheck.prefetch import component, fact
 from labcheck.probes import http, prometheus
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """A request that may have failed: the failure itself is the observation."""
-
-    url: str
-    result: http.HttpResult | None
-    error: ProbeError | None
-
-    @property
-    def answered(self) -> bool:
-        return self.result is not None
-
-    def describe(self) -> str:
-        if self.result is not None:
-            return f"HTTP {self.result.status} in {self.result.elapsed_s:.3f} s"
-        return f"no answer ({self.error.reason if self.error else 'unknown'})"
 
 
 @dataclass(frozen=True)
@@ -51,6 +38,7 @@ class Rates:
         return sorted(self.ratios().items(), key=lambda kv: kv[1], reverse=True)[:n]
 
 
+@component("api")
 class Api:
     """Facts about the platform API, each fetched once per run."""
 
@@ -64,19 +52,22 @@ class Api:
             raise NotConfigured("api_url is not configured", target="platform API")
         return str(url)
 
+    @fact(None)
     def url(self, path: str) -> str:
         return self.base + path
 
-    def attempt(self, path: str, *, token: str | None = None) -> Attempt:
+    @fact(None)  # a path of the check's own: fetched when asked
+    def attempt(self, path: str, *, token: str | None = None) -> http.Attempt:
         """GET a path once per run; a failure to answer is returned, not raised."""
         url = self.url(path)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         key = f"GET {url}" + (" (with token)" if token else "")
         try:
-            return Attempt(url, http.get(self.lab, url, headers=headers, key=key), None)
+            return http.Attempt(url, http.get(self.lab, url, headers=headers, key=key), None)
         except ProbeError as exc:
-            return Attempt(url, None, exc)
+            return http.Attempt(url, None, exc)
 
+    @fact(None)
     def get(self, path: str, *, token: str | None = None) -> http.HttpResult:
         """GET a path once per run; no answer is UNKNOWN for whoever asked."""
         attempt = self.attempt(path, token=token)
@@ -85,20 +76,13 @@ class Api:
         assert attempt.result is not None
         return attempt.result
 
-    # What ``prefetch`` can start: the facts behind health(), readiness(), rates() and p95_by_path().
-    FACTS = ("health", "readiness", "rates", "p95")
-
-    def prefetch(self, facts: Collection[str] = FACTS) -> None:
-        """Start, in the background, the facts the selected checks read (``FACTS`` names them)."""
+    def _start_path(self, path: str) -> None:
         if self.lab.settings.api_url:
-            for fact, path in (("health", "/health"), ("readiness", "/health/ready")):
-                if fact in facts:
-                    http.start(self.lab, self.url(path))
+            http.start(self.lab, self.url(path))
+
+    def _start_queries(self, *queries: str) -> None:
         if self.lab.settings.prometheus_url:
-            if "rates" in facts:
-                prometheus.start(self.lab, *self._rate_queries())
-            if "p95" in facts:
-                prometheus.start(self.lab, self._p95_query())
+            prometheus.start(self.lab, *queries)
 
     def _rate_queries(self) -> tuple[str, str]:
         w = self.lab.settings.window
@@ -109,9 +93,11 @@ class Api:
         w = self.lab.settings.window
         return f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{w}])))"
 
-    def health(self) -> Attempt:
+    @fact(lambda api, uses: api._start_path("/health"))
+    def health(self) -> http.Attempt:
         return self.attempt("/health")
 
+    @fact(lambda api, uses: api._start_path("/health/ready"))
     def readiness(self) -> dict[str, Any]:
         """The components map of /health/ready."""
         result = self.get("/health/ready")
@@ -121,6 +107,7 @@ class Api:
             raise ProbeBadResponse(f"HTTP {result.status} without a 'components' object", target=result.url)
         return components
 
+    @fact(lambda api, uses: api._start_queries(*api._rate_queries()))
     def rates(self) -> Rates:
         """5xx and total request rates by endpoint, from Prometheus."""
         w = self.lab.settings.window
@@ -131,8 +118,20 @@ class Api:
         return Rates(window=w, errors=prometheus.by_label(errors, "path"),
                      totals=prometheus.by_label(totals, "path"))
 
+    @fact(lambda api, uses: api._start_queries(api._p95_query()))
     def p95_by_path(self) -> dict[str, float]:
         """p95 latency by endpoint over the window, from the duration histogram."""
         q = self._p95_query()
         samples = prometheus.require(prometheus.query(self.lab, q), q, what="http_request_duration_seconds")
         return prometheus.by_label(samples, "path")
+
+
+@pytest.fixture(scope="session")
+def api(lab: Lab) -> Api:
+    """The platform API: health, readiness, and its Prometheus signals."""
+    return Api(lab)
+
+
+@parameter("api_endpoint")
+def _api_endpoints(metafunc: pytest.Metafunc, settings: Settings) -> Sequence[str]:
+    return list(settings.api_endpoints)

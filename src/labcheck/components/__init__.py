@@ -1,0 +1,66 @@
+"""One module per platform component, named like its checks module.
+
+Each holds the component's facade (registered with ``labcheck.prefetch.component``, its getters
+declaring their facts), its session fixture, the parameters it offers checks (``@parameter``),
+any marker it adds (``marker_line``) and the configuration keys it needs (``config.declare``).
+The plugin registers every module of this package; a component of another package registers
+itself as any pytest plugin does (``pytest_plugins``, ``-p`` or an entry point).
+"""
+
+from __future__ import annotations
+
+import pkgutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from labcheck.config import Settings
+
+# Modules not yet moved into this package, registered beside it.
+LEGACY = (
+    "labcheck.fixtures.database",
+    "labcheck.fixtures.kube",
+    "labcheck.fixtures.storage",
+    "labcheck.fixtures.platform",
+    "labcheck.history",
+    "labcheck.canary",
+)
+
+Values = Callable[[pytest.Metafunc, Settings], Sequence[Any]]
+PARAMETERS: dict[str, Values] = {}
+MARKER_LINES: list[str] = []
+
+
+def modules() -> list[str]:
+    """The plugin modules of every component (this package's, then those not yet moved)."""
+    own = [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return [*sorted(own), *LEGACY]
+
+
+def parameter(name: str) -> Callable[[Values], Values]:
+    """Declare a parameter checks may ask for: ``fn(metafunc, settings)`` returns its values."""
+
+    def register(fn: Values) -> Values:
+        PARAMETERS[name] = fn
+        return fn
+
+    return register
+
+
+def marker_line(line: str) -> None:
+    """Declare a marker (``name(args): help``) that a component's checks use."""
+    if line not in MARKER_LINES:
+        MARKER_LINES.append(line)
+
+
+def add_markers(config: pytest.Config) -> None:
+    for line in MARKER_LINES:
+        config.addinivalue_line("markers", line)
+
+
+def parametrize(metafunc: pytest.Metafunc, settings: Settings) -> None:
+    """Parametrize every declared parameter the check asks for."""
+    for name, values in PARAMETERS.items():
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, list(values(metafunc, settings)))
