@@ -1,0 +1,55 @@
+"""The sandbox API's configuration (api.json), its name and logger: the bottom of the package."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# One logger for the whole API, named as when it was a single module.
+log = logging.getLogger("labcheck.sandbox.api")
+
+APP_NAME = "llm-research-api"
+
+
+@dataclass
+class ApiSettings:
+    """The API's configuration, read from api.json."""
+
+    dsn: str
+    jwt_secret: str
+    admin_key: str
+    host: str = "127.0.0.1"
+    port: int = 18080
+    pool_min: int = 2
+    pool_max: int = 10
+    pool_timeout: float = 2.0
+    statement_timeout_ms: int = 5000
+    lock_timeout_ms: int = 3000
+    s3_endpoint: str = "http://127.0.0.1:18900"
+    cloudwatch_endpoint: str = "http://127.0.0.1:18901"
+    bucket: str = "llm-research-datasets"
+    aws_region: str = "us-east-1"
+    aws_access_key_id: str = "testing"
+    aws_secret_access_key: str = "testing"
+    quota_bytes: int = 1024**3
+    traffic_rps: float = 20.0
+    traffic_concurrency: int = 0
+    state_dir: str = ""
+    grant_select_to: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ApiSettings:
+        data = json.loads(Path(path).read_text())
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            log.warning("ignoring unknown config keys: %s", ", ".join(unknown))
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -1,0 +1,75 @@
+"""Background traffic: the platform's own clients calling the API over loopback, so it has rates to show."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+from collections.abc import Callable
+
+import httpx
+
+from labcheck.sandbox.api.settings import ApiSettings
+
+
+async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> None:
+    """Real HTTP requests to this API over loopback, at about traffic_rps.
+
+    `client_token` gives the bearer token the clients send (it follows a rotated secret).
+    """
+    s = settings
+    if s.traffic_rps <= 0:
+        return
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host
+    if ":" in host:
+        host = f"[{host}]"
+    concurrency = s.traffic_concurrency or max(8, math.ceil(s.traffic_rps * 3))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(6.0, connect=1.0)
+    sem = asyncio.Semaphore(concurrency)
+    inflight: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(
+        base_url=f"http://{host}:{s.port}", timeout=timeout, limits=limits
+    ) as client:
+        while True:  # wait for the server to listen
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/health")).status_code == 200:
+                    break
+            await asyncio.sleep(0.2)
+        interval = 1.0 / s.traffic_rps
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:
+                next_at = loop.time()
+            if sem.locked():
+                continue
+            await sem.acquire()
+            task = asyncio.create_task(_one_request(client, sem, client_token))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+
+
+async def _one_request(
+    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str]
+) -> None:
+    try:
+        roll = random.random()
+        if roll < 0.6:
+            headers = {"Authorization": f"Bearer {client_token()}"}
+            await client.get("/experiments", headers=headers)
+        elif roll < 0.8:
+            await client.get("/datasets")
+        elif roll < 0.9:
+            await client.get("/health")
+        else:
+            await client.get("/health/ready")
+    except Exception:  # noqa: BLE001 - traffic never crashes
+        pass
+    finally:
+        sem.release()
