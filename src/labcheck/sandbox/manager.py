@@ -177,12 +177,14 @@ def _up_unlocked(
     st = Starter(d, state, deadline)
     st.save()
     try:
-        say(f"postgres on {HOST}:{p['postgres']}")  # 2.
+        # 2. PostgreSQL, 3. moto and its seed, 4. s3gw and kube then the API,
+        # 5./6. Prometheus and the Pushgateway, 7./8. the suite's settings for this sandbox
+        say(f"postgres on {HOST}:{p['postgres']}")
         start_postgres(st, p["postgres"], plan.sec, log_statements)
-        services.start_moto(st, plan, say)  # 3.
-        services.start_servers(st, plan, say)  # 4. s3gw, kube, api
-        services.start_prometheus(st, plan, say, prom_bin, pushgw_bin)  # 5./6.
-        state["settings"] = services.settings(plan)  # 7./8. the suite's configuration
+        services.start_moto(st, plan, say)
+        services.start_servers(st, plan, say)
+        services.start_prometheus(st, plan, say, prom_bin, pushgw_bin)
+        state["settings"] = services.settings(plan)
         st.save()
     except BaseException as exc:
         say("startup failed: stopping what was started")

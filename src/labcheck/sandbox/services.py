@@ -1,4 +1,4 @@
-"""The sandbox's services: their configs, startup order, readiness, S3 seed, token and kubeconfig."""
+"""The sandbox's services: configs, startup steps, readiness, S3 seed, token, kubeconfig."""
 
 from __future__ import annotations
 
@@ -166,8 +166,11 @@ def start_moto(st: Starter, plan: Plan, say: Say) -> None:
     """moto, with the bucket and a few datasets."""
     url = plan.url["moto"]
     say(f"moto on {url}")
-    st.spawn("moto", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(plan.ports["moto"])],
-             url=url)
+    st.spawn(
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(plan.ports["moto"])],
+        url=url,
+    )
     st.wait("moto", lambda: _http_answers(f"{url}/moto-api/"), "moto to answer")
     try:
         _seed_s3(url, plan.sec)
