@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -281,23 +280,19 @@ class Settings:
         return f"{self.target}: " + " ".join(shown)
 
 
-def sandbox_state_file() -> Path:
-    """Where `labcheck sandbox up` writes its state."""
-    base = os.environ.get("LABCHECK_SANDBOX_DIR")
-    if base:
-        return Path(base) / "state.json"
-    tmp = os.environ.get("TMPDIR") or "/tmp"
-    return Path(tmp) / f"labcheck-sandbox-{os.getuid()}" / "state.json"
+def _sandbox_settings() -> tuple[Path, dict[str, Any]] | None:
+    """The running sandbox's state file and settings, or None when there is none to read."""
+    # Imported here: loading the configuration must not import the sandbox package.
+    from labcheck.sandbox import state
 
-
-def _sandbox_settings() -> dict[str, Any] | None:
-    path = sandbox_state_file()
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = state.load_state()
+    except state.SandboxError:
         return None
-    settings = state.get("settings") if isinstance(state, dict) else None
-    return settings if isinstance(settings, dict) else None
+    settings = data.get("settings") if data is not None else None
+    if not isinstance(settings, dict):
+        return None
+    return state.state_path(state.sandbox_dir()), settings
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str, Any]]:
@@ -381,8 +376,9 @@ def load(
     if not explicit and use_sandbox:
         sandbox = _sandbox_settings()
         if sandbox is not None:
-            target = f"sandbox ({sandbox_state_file()})"
-            for key, value in sandbox.items():
+            path, settings = sandbox
+            target = f"sandbox ({path})"
+            for key, value in settings.items():
                 if key in KEYS and value is not None:
                     raw[key] = (value, SOURCE_SANDBOX)
         else:
