@@ -9,6 +9,7 @@ itself as any pytest plugin does (``pytest_plugins``, ``-p`` or an entry point).
 
 from __future__ import annotations
 
+import importlib.util
 import pkgutil
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ MARKER_LINES: list[str] = []
 def modules() -> list[str]:
     """The plugin modules of every component (this package's, then those not yet moved)."""
     own = [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    return [*sorted(own), *LEGACY]
+    return [*sorted(own), *(name for name in LEGACY if importlib.util.find_spec(name) is not None)]
 
 
 def parameter(name: str) -> Callable[[Values], Values]:
