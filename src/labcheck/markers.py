@@ -14,24 +14,14 @@ import pytest
 
 from labcheck.config import Settings
 from labcheck.scenarios import Catalogue
+from labcheck.session import catalogue_key
 
 SEVERITIES = ("sev1", "sev2", "sev3", "sev4")
-COMPONENTS = ("api_gateway", "database", "auth", "experiments", "storage", "metrics", "kubernetes", "docs")
 SEVERITY_HELP = {
     "sev1": "SEV-1 condition: service unavailable (API down, DB primary unreachable, auth rejects valid tokens, data loss)",
     "sev2": "SEV-2 condition: functionality significantly impaired (>10% errors, p95 > 2 s, major feature broken)",
     "sev3": "SEV-3 condition: limited impact (single endpoint, minor degradation, metrics collection)",
     "sev4": "SEV-4 condition: cosmetic or hygiene issue",
-}
-COMPONENT_HELP = {
-    "api_gateway": "API Gateway (impact matrix: SEV-1)",
-    "database": "Database primary (impact matrix: SEV-1)",
-    "auth": "Authentication (impact matrix: SEV-1)",
-    "experiments": "Experiment execution (impact matrix: SEV-2)",
-    "storage": "Dataset storage (impact matrix: SEV-2/3)",
-    "metrics": "Metrics collection (impact matrix: SEV-3)",
-    "kubernetes": "Kubernetes cluster: nodes and workloads",
-    "docs": "Documentation (impact matrix: SEV-4)",
 }
 
 # Opt-in marks: the help line, and the setting that turns them on besides ``-m <mark>``.
@@ -49,16 +39,27 @@ def is_check(item: pytest.Item) -> bool:
     return str(getattr(item, "originalname", item.name)).startswith("check_")
 
 
+def components(catalogue: Catalogue | None) -> tuple[str, ...]:
+    """The platform's components: the rows of the catalogue's impact table, the one list of them."""
+    return tuple(catalogue.severity.impact) if catalogue is not None else ()
+
+
+def component_marker_lines(catalogue: Catalogue) -> list[str]:
+    return [f"{name}: component marker: {row.name} (impact matrix: {row.severity})."
+            for name, row in catalogue.severity.impact.items()]
+
+
 def marker_problems(item: pytest.Item, catalogue: Catalogue | None) -> list[str]:
     """What is wrong with a check's markers (empty when it is well marked)."""
     names = [m.name for m in item.iter_markers()]
     problems = []
+    known = components(catalogue)
     sev = [n for n in names if n in SEVERITIES]
-    comp = [n for n in names if n in COMPONENTS]
+    comp = [n for n in names if n in known]
     if len(set(sev)) != 1:
         problems.append(f"needs exactly one severity marker (sev1..sev4), has {sorted(set(sev)) or 'none'}")
     if len(set(comp)) != 1:
-        problems.append(f"needs exactly one component marker ({', '.join(COMPONENTS)}), has {sorted(set(comp)) or 'none'}")
+        problems.append(f"needs exactly one component marker ({', '.join(known)}), has {sorted(set(comp)) or 'none'}")
     for mark in item.iter_markers("scenario"):
         scenario_id = mark.args[0] if mark.args else None
         if catalogue is not None and scenario_id not in catalogue.scenarios:
@@ -69,8 +70,9 @@ def marker_problems(item: pytest.Item, catalogue: Catalogue | None) -> list[str]
 def check_meta(item: pytest.Item) -> dict[str, Any]:
     """Component, severity and scenario of a check, from its markers."""
     names = [m.name for m in item.iter_markers()]
+    known = components(item.config.stash.get(catalogue_key, None))
     severity = next((n for n in names if n in SEVERITIES), None)
-    component = next((n for n in names if n in COMPONENTS), None)
+    component = next((n for n in names if n in known), None)
     mark = item.get_closest_marker("scenario")
     return {
         "component": component,

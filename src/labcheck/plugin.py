@@ -27,12 +27,11 @@ from labcheck.errors import CatalogueError, ConfigError
 from labcheck.evidence import RedactingLogFilter
 from labcheck.expect import expect  # fixture
 from labcheck.markers import (
-    COMPONENT_HELP,
-    COMPONENTS,
     OPT_IN_HELP,
     SEVERITIES,
     SEVERITY_HELP,
     check_meta,
+    component_marker_lines,
     deselect_opt_in,
     is_check,
     marker_problems,
@@ -120,8 +119,6 @@ def _asked_for(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     for name in SEVERITIES:
         config.addinivalue_line("markers", f"{name}: {SEVERITY_HELP[name]}.")
-    for name in COMPONENTS:
-        config.addinivalue_line("markers", f"{name}: component marker: {COMPONENT_HELP[name]}.")
     config.addinivalue_line("markers", "scenario(id): the playbook scenario a failure points to, e.g. scenario('high-error-rate').")
     for name, help_text in OPT_IN_HELP.items():
         config.addinivalue_line("markers", f"{name}: {help_text}")
@@ -149,6 +146,8 @@ def _activate(config: pytest.Config) -> None:
             verdict.write_usage_error(out, str(exc))
             allure_results.write_usage_error(out / "allure-results", str(exc))
         raise pytest.UsageError(str(exc)) from None
+    for line in component_marker_lines(config.stash[catalogue_key]):
+        config.addinivalue_line("markers", line)
     _configure_allure(config, out)
     config.pluginmanager.register(Outcomes(), "labcheck-outcomes")
     config.pluginmanager.register(UnknownReports(), "labcheck-unknown-reports")
