@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,19 @@ def test_usage_error_is_one_line_exit_4_and_still_writes_triage(pytester: pytest
     assert "Traceback" not in err + result.stdout.str() and "INTERNALERROR" not in err
     data = json.loads((reports / "triage.json").read_text())
     assert "timeout" in data["error"] and data["severity"] is None
+
+
+def test_kubeconfig_takes_a_list_as_kubectl_does(tmp_path: Path) -> None:
+    first = tmp_path / "first.yaml"
+    second = tmp_path / "second.yaml"
+    first.write_text("current-context: staging\nclusters: []\nusers: []\n")
+    second.write_text("contexts:\n- name: staging\n  context: {cluster: c}\n- name: prod\n  context: {cluster: p}\n")
+    missing = tmp_path / "missing.yaml"
+    listed = os.pathsep.join([str(first), str(missing), str(second)])
+    settings = config.load(cli={}, environ={"KUBECONFIG": listed}, use_sandbox=False)
+    assert settings.kubeconfig == os.pathsep.join([str(first), str(second)])  # missing files passed over
+    merged = config.read_kubeconfig(str(settings.kubeconfig))
+    assert merged["current-context"] == "staging" and [c["name"] for c in merged["contexts"]] == ["staging", "prod"]
+    with pytest.raises(ConfigError, match="none of these kubeconfig files exists"):
+        config.load(cli={}, environ={"KUBECONFIG": os.pathsep.join([str(missing), str(tmp_path / "nope")])},
+                    use_sandbox=False)

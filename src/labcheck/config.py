@@ -132,6 +132,52 @@ def _file(value: Any) -> str:
     return text
 
 
+def _kubeconfig(value: Any) -> str:
+    """A kubeconfig path, or a list of them separated as in KUBECONFIG; as kubectl does, files that
+    do not exist are passed over, but at least one must."""
+    text = _text(value)
+    parts = [os.path.expanduser(p) for p in text.split(os.pathsep) if p.strip()]
+    if not parts:
+        raise ValueError("empty path")
+    found = [p for p in parts if os.path.isfile(p)]
+    if not found:
+        raise ValueError(f"file not found: {text}" if len(parts) == 1
+                         else f"none of these kubeconfig files exists: {', '.join(parts)}")
+    return os.pathsep.join(found)
+
+
+def read_kubeconfig(paths: str) -> dict[str, Any]:
+    """The kubeconfig merged as kubectl merges a KUBECONFIG list: the first file to set a value
+    (current-context, a named context, cluster or user) wins. Raises OSError, UnicodeDecodeError or
+    yaml.YAMLError with ``filename`` set to the file at fault."""
+    import yaml  # kubernetes depends on PyYAML; imported only when a kubeconfig is set
+
+    merged: dict[str, Any] = {"contexts": [], "clusters": [], "users": []}
+    seen: dict[str, set[str]] = {key: set() for key in merged}
+    for path in paths.split(os.pathsep):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = yaml.safe_load(fh)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            exc.filename = path  # type: ignore[union-attr]
+            raise
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("current-context") and not merged.get("current-context"):
+            merged["current-context"] = doc["current-context"]
+        for key in ("contexts", "clusters", "users"):
+            entries = doc.get(key)
+            if not isinstance(entries, list):
+                continue
+            merged[f"has_{key}"] = True
+            for entry in entries:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if name is not None and name not in seen[key]:
+                    seen[key].add(name)
+                    merged[key].append(entry)
+    return merged
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -172,7 +218,7 @@ KEYS: dict[str, Key] = {
         Key("aws_region", _nonempty, "us-east-1", "AWS region"),
         Key("aws_access_key_id", _nonempty, None, "AWS access key id (default: boto3 chain)", secret=True),
         Key("aws_secret_access_key", _nonempty, None, "AWS secret key (default: boto3 chain)", secret=True),
-        Key("kubeconfig", _file, None, "kubeconfig file (default: in-cluster)", target=True, aliases=("KUBECONFIG",)),
+        Key("kubeconfig", _kubeconfig, None, "kubeconfig file, or a list like KUBECONFIG's (default: in-cluster)", target=True, aliases=("KUBECONFIG",)),
         Key("kube_context", _nonempty, None, "kubeconfig context"),
         Key("namespace", _nonempty, "llm-research", "Kubernetes namespace"),
         Key("label_selector", _nonempty, "app=llm-research-api", "API pods label selector"),
@@ -406,21 +452,20 @@ def load(
 
 
 def _check_kubeconfig(path: str, context: str | None, sources: Mapping[str, str]) -> None:
-    import yaml  # kubernetes depends on PyYAML; imported only when a kubeconfig is set
+    import yaml
 
     where = sources["kubeconfig"]
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
+        doc = read_kubeconfig(path)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read kubeconfig {path}: {exc}") from None
+        raise ConfigError(f"{where}: cannot read kubeconfig {getattr(exc, 'filename', path)}: {exc}") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{where}: kubeconfig {path} is not valid YAML{at}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("contexts"), list):
+        raise ConfigError(f"{where}: kubeconfig {getattr(exc, 'filename', path)} is not valid YAML{at}") from None
+    if not doc.get("has_contexts"):
         raise ConfigError(f"{where}: kubeconfig {path} has no contexts list")
-    names = [c.get("name") for c in doc["contexts"] if isinstance(c, dict)]
+    names = [c.get("name") for c in doc["contexts"]]
     wanted = context or doc.get("current-context")
     if not wanted:
         raise ConfigError(f"{where}: kubeconfig {path} has no current-context and none is set")
