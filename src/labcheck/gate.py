@@ -28,10 +28,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from labcheck import verdict
 from labcheck.markers import DEFAULT_WINDOW
 from labcheck.timefmt import duration_s, hms, iso_z, parse_timestamp
 
@@ -463,54 +463,7 @@ def _write(path: Path, text: str) -> None:
 def resolution_markdown(gate: dict[str, Any], triage: dict[str, Any], *, since: float | None,
                         finished: float) -> str:
     """The playbook's "Incident Resolved" template, filled in from the gate and its triage."""
-    end = datetime.fromtimestamp(finished, tz=UTC)
-    if since is not None:
-        start = datetime.fromtimestamp(since, tz=UTC)
-        minutes = int((finished - since) // 60)
-        duration = (f"{start:%Y-%m-%d %H:%M UTC} - {end:%Y-%m-%d %H:%M UTC} "
-                    f"({minutes // 60} hours {minutes % 60} minutes)")
-    else:
-        duration = f"[Start time] - {end:%Y-%m-%d %H:%M UTC} ([X hours Y minutes])"
-    counts = triage.get("counts") or {}
-    verified = (f"`labcheck gate` passed at {end:%H:%M UTC} against {triage.get('target')}: "
-                f"{counts.get('passed', 0)} checks passed, {counts.get('failed', 0)} failed, "
-                f"{counts.get('unknown', 0)} unknown")
-    if gate.get("history_window"):
-        where = f"since the mitigation at {gate['since']}" if gate.get("since") else "in the last " + gate["history_window"]
-        verified += (f"; the 5xx ratio and p95 latency stayed under their thresholds in every minute "
-                     f"{where}")
-    if gate.get("soak"):
-        verified += f"; soak: {len(gate['rounds'])} rounds over {hms(gate['soak']['duration_s'])}, all green"
-    lines = [
-        "**INCIDENT RESOLVED**",
-        "",
-        f"**Duration:** {duration}",
-        "**Impact:** [Description of what was affected]",
-        "",
-        "**Root Cause:** [Brief explanation]",
-        "",
-        "**Resolution:** [What fixed it]",
-        "",
-        f"**Verification:** {verified}.",
-        "",
-        "**Health evidence:**",
-    ]
-    for c in triage.get("checks", []):
-        if c["outcome"] != "passed":
-            continue
-        values = "; ".join(f"{o['target']}: {o['observed']} (threshold {o['threshold']})"
-                           for o in c.get("observed") or [])
-        lines.append(f"- PASSED {c.get('severity') or ''} {c['nodeid']}" + (f": {values}" if values else ""))
-    blind = triage.get("blind_spots") or []
-    if blind:
-        lines += ["", "**Not verified (blind spots):**"]
-        lines += [f"- UNKNOWN {b.get('severity') or ''} {b['nodeid']}: {b['reason']}" for b in blind]
-    lines += [
-        "",
-        "**Follow-up Actions:**",
-        "- [ ] Post-incident review scheduled for [date]",
-        "- [ ] [Other action items]",
-        "",
-        "Thank you for your patience during this incident.",
-    ]
-    return "\n".join(lines) + "\n"
+    soak = gate.get("soak")
+    return verdict.resolution_markdown(triage, gate=verdict.GateEvidence(
+        finished=finished, since=since, history_window=gate.get("history_window"),
+        soak_rounds=len(gate["rounds"]) if soak else None, soak_s=soak["duration_s"] if soak else None))
