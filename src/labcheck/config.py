@@ -282,6 +282,24 @@ KEYS: dict[str, Key] = {
     ]
 }
 
+# Parsers a component may use for the keys it declares.
+PARSERS: dict[str, Parser] = {
+    "text": _nonempty, "url": _url, "dsn": _dsn, "positive": _positive, "count": _count, "ratio": _ratio,
+    "bool": _bool, "duration": _duration, "names": _names,
+}
+
+
+def declare(*keys: Key) -> None:
+    """Add the configuration keys a component needs (its target, its thresholds with the playbook's
+    defaults). They are read like every other key: --set, LABCHECK_<KEY>, the profile. Declaring a
+    name twice is allowed only with the same definition."""
+    for key in keys:
+        known = KEYS.get(key.name)
+        if known is not None and known != key:
+            raise ValueError(f"configuration key {key.name!r} is already declared differently")
+        KEYS[key.name] = key
+
+
 SOURCE_DEFAULT = "default"
 SOURCE_SANDBOX = "sandbox state"
 
