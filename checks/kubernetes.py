@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from labcheck.errors import NoData
-from labcheck.timefmt import human_age
 
 # Severities follow the workload a condition hits. @pytest.mark.workload(api=..., workers=...) gives
 # one test id per deployment (api_deployment, workers_deployment); the API pods carry the
@@ -79,16 +78,16 @@ def check_no_recent_oom_kill(kube, deployment, settings, expect):
     pods = kube.pods_for(deployment, required=True)
     window = float(settings.restart_window_s)
     now = kube.now()
-    kills = [(pod, cs, cs.last_termination, now - cs.last_finished_at) for pod in pods for cs in pod.statuses
+    kills = [(pod, cs, cs.last_termination) for pod in pods for cs in pod.statuses
              if cs.last_termination_reason == "OOMKilled" and cs.last_finished_at is not None
              and cs.last_finished_at >= now - window]
     expect.fact("oom_killed", bool(kills))
     lines = []
-    for pod, cs, term, age in kills:
+    for pod, cs, term in kills:
         spec = pod.container(cs.name)
         limit, request = (spec.limit("memory"), spec.request("memory")) if spec else (None, None)
         lines.append(f"pod {pod.name} container {cs.name}: OOMKilled (exit code "
-                     f"{term.exit_code}) at {term.finished_at} ({human_age(age)} ago); "
+                     f"{term.exit_code}) at {term.finished_at} ({term.age_text(now)} ago); "
                      f"memory limit {limit or 'none'}, request {request or 'none'}; "
                      f"restarts {cs.restart_count}")
     expect(not kills, target=f"{pods.target}, last {window:g} s",
@@ -205,7 +204,7 @@ def check_recent_rollout_is_recorded(kube, deployment, settings, expect):
     if recent:
         expect.fact("recent_rollout", rollout.fact())
     expect(True, target=f"rollout history of deployment/{deployment} in namespace {kube.namespace}",
-           observed=f"revision {rollout.revision} ({rollout.image}) rolled out {human_age(rollout.age_s)} ago"
+           observed=f"revision {rollout.revision} ({rollout.image}) rolled out {rollout.age_text} ago"
                     + (" (recent)" if recent else ""),
            threshold=f"information: a rollout younger than {window:g} s is a suspect when sev1/sev2 checks fail")
 

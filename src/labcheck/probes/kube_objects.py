@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labcheck.errors import NotConfigured
-from labcheck.timefmt import parse_time
+from labcheck.timefmt import human_age, parse_time
 
 Obj = dict[str, Any]
 
@@ -21,6 +21,7 @@ STARTUP_WAITING = ("ImagePullBackOff", "ErrImagePull", "CreateContainerConfigErr
 BAD_WAITING = CRASH_WAITING + STARTUP_WAITING
 NODE_PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure")
 REVISION = "deployment.kubernetes.io/revision"
+NO_TERMINATION = "no previous termination"
 
 
 def _obj(value: Any) -> Mapping[str, Any]:
@@ -180,14 +181,14 @@ class Termination:
         started, finished = parse_time(self.started_at), self.finished
         return None if started is None or finished is None else finished - started
 
+    def age_text(self, now: float) -> str:
+        """How long ago the instance finished (``12 min``), ``unknown age`` when it did not say."""
+        return human_age(None if self.finished is None else now - self.finished)
+
     def describe(self) -> str:
         signal = f", signal {self.signal}" if self.signal else ""
         return (f"{self.reason or 'terminated'} (exit code {self.exit_code}{signal}) "
                 f"finished {self.finished_at or 'at an unknown time'}")
-
-
-def describe_termination(term: Termination | None) -> str:
-    return term.describe() if term is not None else "no previous termination"
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ class ContainerStatus:
         return None if self.previous is None else self.previous.finished
 
     def describe_last_termination(self) -> str:
-        return describe_termination(self.last_termination)
+        term = self.last_termination
+        return term.describe() if term is not None else NO_TERMINATION
 
     def describe(self) -> str:
         """``api: waiting CrashLoopBackOff (back-off 40s ...), restarts 7, last Error (exit code 1) ...``."""
@@ -261,7 +263,7 @@ class ContainerStatus:
             if self.waiting_message:
                 now += f" ({self.waiting_message[:160]})"
         elif self.state == "terminated":
-            now = "terminated " + describe_termination(self.terminated)
+            now = "terminated " + (self.terminated.describe() if self.terminated is not None else NO_TERMINATION)
         elif self.state == "running":
             now = f"running since {self.running_since or '?'}"
         else:
