@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from labcheck.errors import NoData
-from labcheck.probes import kube as k8s
 
 # Severities follow the workload a condition hits. @pytest.mark.workload(api=..., workers=...) gives
 # one test id per deployment (api_deployment, workers_deployment); the API pods carry the
@@ -14,11 +13,6 @@ from labcheck.probes import kube as k8s
 
 
 STARTUP_S = 60.0  # a container that dies sooner after starting failed at startup
-
-
-def _pods(kube, deployment):
-    selector, pods = kube.pods_for(deployment)
-    return f"pods of deployment/{deployment} ({selector}) in namespace {kube.namespace}", pods
 
 
 def _lines(items, limit=10):
@@ -32,11 +26,11 @@ def _lines(items, limit=10):
 def check_deployment_has_a_ready_pod(kube, deployment, expect):
     # No Ready pod means no endpoint behind the Service: the API is down for everyone (SEV-1);
     # for the workers, no experiment executes (SEV-2).
-    target, pods = _pods(kube, deployment)
-    ready = [p for p in pods if k8s.pod_is_ready(p)]
-    expect(bool(ready), target=target, observed=f"{len(ready)} of {len(pods)} pods Ready",
+    pods = kube.pods_for(deployment)
+    ready = [p for p in pods if p.ready]
+    expect(bool(ready), target=pods.target, observed=f"{len(ready)} of {len(pods)} pods Ready",
            threshold="at least 1 pod Ready",
-           detail=("pods:\n" + _lines(k8s.describe_pod(p) for p in pods)) if pods
+           detail=("pods:\n" + _lines(p.describe() for p in pods)) if pods
            else "no pod matches the selector")
 
 
@@ -46,12 +40,10 @@ def check_every_pod_is_ready(kube, deployment, expect):
     # Some pods not Ready: the rest still serve, but with less capacity and with requests dropped
     # while pods flap; the playbook's "service degradation" (SEV-2 for the API). A worker short
     # slows experiments without stopping them (SEV-3).
-    target, pods = _pods(kube, deployment)
-    if not pods:
-        raise NoData("no pod matches the selector (the sev1/sev2 ready-pod check judges that)", target=target)
-    not_ready = [p for p in pods if not k8s.pod_is_ready(p)]
-    expect(not not_ready, target=target, observed=f"{len(not_ready)} of {len(pods)} pods not Ready",
-           threshold="every pod Ready", detail="not Ready:\n" + _lines(k8s.describe_pod(p) for p in not_ready))
+    pods = kube.pods_for(deployment, required=True, note="the sev1/sev2 ready-pod check judges that")
+    not_ready = [p for p in pods if not p.ready]
+    expect(not not_ready, target=pods.target, observed=f"{len(not_ready)} of {len(pods)} pods not Ready",
+           threshold="every pod Ready", detail="not Ready:\n" + _lines(p.describe() for p in not_ready))
 
 
 @pytest.mark.workload(api="sev2", workers="sev3")
@@ -60,28 +52,19 @@ def check_no_container_crash_looping(kube, deployment, expect):
     # A container in CrashLoopBackOff (or unable to pull its image or read its config) is a pod
     # out of service that will not come back by itself: SEV-2 on the API (degradation; all pods
     # down is the sev1 ready-pod check), SEV-3 on the workers.
-    target, pods = _pods(kube, deployment)
-    if not pods:
-        raise NoData("no pod matches the selector", target=target)
-    stuck = [(p, cs) for p in pods for cs in k8s.container_statuses(p)
-             if (k8s.waiting(cs) or {}).get("reason") in k8s.BAD_WAITING]
-    reasons = sorted({str((k8s.waiting(cs) or {}).get("reason")) for _, cs in stuck})
+    pods = kube.pods_for(deployment, required=True)
+    stuck = [(p, cs) for p in pods for cs in p.statuses if cs.stuck]
+    reasons = sorted({str(cs.waiting_reason) for _, cs in stuck})
     # Facts for the scenario's advice. "If panic/crash: rollback" unless the container was
     # OOM-killed (that advice is the OOM check's); "if startup failure: check configs, secrets,
     # dependencies" when it cannot start (image, config) or dies within STARTUP_S of starting.
-    looping = [cs for _, cs in stuck if (k8s.waiting(cs) or {}).get("reason") in k8s.CRASH_WAITING
-               and (k8s.last_termination(cs) or {}).get("reason") != "OOMKilled"]
+    looping = [cs for _, cs in stuck if cs.crash_looping and cs.last_termination_reason != "OOMKilled"]
     expect.fact("crash", bool(looping))
-    expect.fact("startup_failure", any((k8s.waiting(cs) or {}).get("reason") in k8s.STARTUP_WAITING
-                                       for _, cs in stuck)
-                or any((k8s.lifetime_s(k8s.last_termination(cs)) or STARTUP_S) < STARTUP_S for cs in looping))
-    lines = []
-    for pod, cs in stuck:
-        w = k8s.waiting(cs) or {}
-        lines.append(f"pod {k8s.name_of(pod)} container {cs.get('name')}: waiting {w.get('reason')}, "
-                     f"restarts {cs.get('restartCount', 0)}, last termination "
-                     f"{k8s.describe_termination(k8s.last_termination(cs))}")
-    expect(not stuck, target=target,
+    expect.fact("startup_failure", any(cs.cannot_start for _, cs in stuck)
+                or any((cs.last_lifetime_s or STARTUP_S) < STARTUP_S for cs in looping))
+    lines = [f"pod {pod.name} container {cs.name}: waiting {cs.waiting_reason}, restarts {cs.restart_count}, "
+             f"last termination {cs.describe_last_termination()}" for pod, cs in stuck]
+    expect(not stuck, target=pods.target,
            observed=f"{len(stuck)} container(s) waiting in {', '.join(reasons)}" if stuck else "no container stuck",
            threshold="no container waiting in CrashLoopBackOff, ImagePullBackOff or CreateContainerConfigError",
            detail=_lines(lines))
@@ -92,27 +75,22 @@ def check_no_container_crash_looping(kube, deployment, expect):
 def check_no_recent_oom_kill(kube, deployment, settings, expect):
     # An OOM kill drops every request in flight on that pod and recurs under the same load until
     # the limit is raised: SEV-2 on the API. On a worker it kills one experiment run (SEV-3).
-    target, pods = _pods(kube, deployment)
-    if not pods:
-        raise NoData("no pod matches the selector", target=target)
+    pods = kube.pods_for(deployment, required=True)
     window = float(settings.restart_window_s)
     now = kube.now()
-    kills = []
-    for pod in pods:
-        for cs in k8s.container_statuses(pod):
-            term = k8s.last_termination(cs) or {}
-            finished = k8s.parse_time(term.get("finishedAt"))
-            if term.get("reason") == "OOMKilled" and finished is not None and finished >= now - window:
-                kills.append((pod, cs, term, now - finished))
+    kills = [(pod, cs, cs.last_termination) for pod in pods for cs in pod.statuses
+             if cs.last_termination_reason == "OOMKilled" and cs.last_finished_at is not None
+             and cs.last_finished_at >= now - window]
     expect.fact("oom_killed", bool(kills))
     lines = []
-    for pod, cs, term, age in kills:
-        res = k8s.memory_and_cpu(k8s.container_spec(pod, str(cs.get("name"))))["memory"]
-        lines.append(f"pod {k8s.name_of(pod)} container {cs.get('name')}: OOMKilled (exit code "
-                     f"{term.get('exitCode')}) at {term.get('finishedAt')} ({k8s.human_age(age)} ago); "
-                     f"memory limit {res['limit'] or 'none'}, request {res['request'] or 'none'}; "
-                     f"restarts {cs.get('restartCount', 0)}")
-    expect(not kills, target=f"{target}, last {window:g} s",
+    for pod, cs, term in kills:
+        spec = pod.container(cs.name)
+        limit, request = (spec.limit("memory"), spec.request("memory")) if spec else (None, None)
+        lines.append(f"pod {pod.name} container {cs.name}: OOMKilled (exit code "
+                     f"{term.exit_code}) at {term.finished_at} ({term.age_text(now)} ago); "
+                     f"memory limit {limit or 'none'}, request {request or 'none'}; "
+                     f"restarts {cs.restart_count}")
+    expect(not kills, target=f"{pods.target}, last {window:g} s",
            observed=f"{len(kills)} container(s) OOMKilled" if kills else "no OOM kill",
            threshold="no container OOMKilled within the window",
            detail=_lines(lines) + ("\nmitigation: increase the memory limit above the current one" if kills else ""))
@@ -124,41 +102,35 @@ def check_restarts_within_window(kube, deployment, settings, expect):
     # Frequent restarts take one pod out of service at a time and come back: limited impact
     # (SEV-3). Counted as a rate within restart_window_s, never lifetime totals: a pod that
     # restarted 40 times last month and not since is healthy.
-    target, pods = _pods(kube, deployment)
-    if not pods:
-        raise NoData("no pod matches the selector", target=target)
+    pods = kube.pods_for(deployment, required=True)
     window, limit = float(settings.restart_window_s), int(settings.restart_max)
     events = kube.events()
     cutoff = kube.now() - window
-    counts = sorted(((k8s.restarts_within(p, cs, events, cutoff), p, cs)
-                     for p in pods for cs in k8s.container_statuses(p)), key=lambda c: c[0], reverse=True)
+    counts = sorted(((p.restarts_within(cs, events, cutoff), p, cs) for p in pods for cs in p.statuses),
+                    key=lambda c: c[0], reverse=True)
     if not counts:
-        raise NoData("the pods report no container statuses", target=target)
+        raise NoData("the pods report no container statuses", target=pods.target)
     worst, pod, cs = counts[0]
     over = [c for c in counts if c[0] > limit]
     expect(not over, target=f"container restarts of deployment/{deployment}, last {window:g} s",
-           observed=f"at most {worst} restart(s) ({k8s.name_of(pod)}/{cs.get('name')})",
+           observed=f"at most {worst} restart(s) ({pod.name}/{cs.name})",
            threshold=f"<= {limit} per container within {window:g} s",
-           detail=_lines(f"pod {k8s.name_of(p)} container {c.get('name')}: {n} restart(s) in the window, "
-                         f"{c.get('restartCount', 0)} in its lifetime; last termination "
-                         f"{k8s.describe_termination(k8s.last_termination(c))}" for n, p, c in over))
+           detail=_lines(f"pod {p.name} container {c.name}: {n} restart(s) in the window, "
+                         f"{c.restart_count} in its lifetime; last termination "
+                         f"{c.describe_last_termination()}" for n, p, c in over))
 
 
 @pytest.mark.workload(api="sev4", workers="sev4")
 def check_containers_declare_limits(kube, deployment, expect):
     # Hygiene (SEV-4): without limits a leak starves its node's neighbours instead of being
     # OOM-killed on its own, and the OOM check cannot quote a limit to raise.
-    target, pods = _pods(kube, deployment)
-    if not pods:
-        raise NoData("no pod matches the selector", target=target)
+    pods = kube.pods_for(deployment, required=True)
     missing = {}
     for pod in pods:
-        for container in k8s.containers(pod):
-            res = k8s.memory_and_cpu(container)
-            lacks = [kind for kind in ("memory", "cpu") if not res[kind]["limit"]]
-            if lacks:
-                missing.setdefault(str(container.get("name")), (k8s.name_of(pod), lacks))
-    expect(not missing, target=target,
+        for container in pod.containers:
+            if container.missing_limits:
+                missing.setdefault(str(container.name), (pod.name, container.missing_limits))
+    expect(not missing, target=pods.target,
            observed=f"{len(missing)} container(s) without limits" if missing else "every container has limits",
            threshold="memory and CPU limits on every container",
            detail=_lines(f"container {c} (e.g. pod {p}): no {' or '.join(lacks)} limit"
@@ -175,11 +147,11 @@ def check_nodes_ready_without_pressure(kube, expect):
     nodes = kube.nodes()
     if not nodes:
         raise NoData("the cluster lists no nodes", target=kube.target)
-    bad = {k8s.name_of(n): k8s.node_problems(n) for n in nodes if k8s.node_problems(n)}
+    bad = {n.name: n.problems for n in nodes if n.problems}
     expect.fact("node_issue", bool(bad))
     lines = []
     for name, problems in sorted(bad.items()):
-        pods = ", ".join(k8s.name_of(p) for p in kube.pods_on(name)) or "none"
+        pods = ", ".join(p.name for p in kube.pods_on(name)) or "none"
         lines.append(f"node {name}: {'; '.join(problems)}; pods in {kube.namespace} on it: {pods}")
     if bad:
         lines.append("mitigation: drain and replace the node: kubectl drain <node> --ignore-daemonsets "
@@ -232,7 +204,7 @@ def check_recent_rollout_is_recorded(kube, deployment, settings, expect):
     if recent:
         expect.fact("recent_rollout", rollout.fact())
     expect(True, target=f"rollout history of deployment/{deployment} in namespace {kube.namespace}",
-           observed=f"revision {rollout.revision} ({rollout.image}) rolled out {k8s.human_age(rollout.age_s)} ago"
+           observed=f"revision {rollout.revision} ({rollout.image}) rolled out {rollout.age_text} ago"
                     + (" (recent)" if recent else ""),
            threshold=f"information: a rollout younger than {window:g} s is a suspect when sev1/sev2 checks fail")
 
