@@ -31,6 +31,8 @@ LEGACY = (
 Values = Callable[[pytest.Metafunc, Settings], Sequence[Any]]
 PARAMETERS: dict[str, Values] = {}
 MARKER_LINES: list[str] = []
+# Component names that code refers to, by who refers to them: each must be a row of the impact table.
+REFERRED: dict[str, frozenset[str]] = {}
 
 
 def modules() -> list[str]:
@@ -53,6 +55,11 @@ def marker_line(line: str) -> None:
     """Declare a marker (``name(args): help``) that a component's checks use."""
     if line not in MARKER_LINES:
         MARKER_LINES.append(line)
+
+
+def refers_to(where: str, *names: str) -> None:
+    """Declare that ``where`` names these components (checked against the impact table at load)."""
+    REFERRED[where] = frozenset(names)
 
 
 def add_markers(config: pytest.Config) -> None:
