@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labcheck.canary import NOT_OFFERED
+from labcheck.components.canary import NOT_OFFERED
 from labcheck.errors import NoData, ProbeBadResponse
 
 

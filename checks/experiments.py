@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from labcheck.components.experiments import experiments_shape_problems
 from labcheck.errors import NoData, ProbeBadResponse
-from labcheck.fixtures.platform import experiments_shape_problems
 
 
 def _listing(experiments):

@@ -390,7 +390,7 @@ class FakeLab:
 
 
 def history(since: float | None, have: list[int] | None = None, window: str = "15m") -> Any:
-    from labcheck.history import History, HistorySignals, Minute
+    from labcheck.components.history import History, HistorySignals, Minute
 
     signals = HistorySignals(FakeLab(), window=window, since=since, now=1_768_473_000.0)  # type: ignore[arg-type]
     ends = signals.ends()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from labcheck.fixtures.platform import experiments_shape_problems
+from labcheck.components.experiments import experiments_shape_problems
 from standin import StandIn
 
 CHECKS = "checks/experiments.py"

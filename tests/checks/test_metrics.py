@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from labcheck.fixtures.platform import prom_duration_s
+from labcheck.components.metrics import prom_duration_s
 from standin import StandIn
 
 CHECKS = "checks/metrics.py"

@@ -10,7 +10,7 @@ import pytest
 
 from labcheck.components import parameter
 from labcheck.config import Settings
-from labcheck.errors import NoData, NotConfigured, ProbeBadResponse, ProbeError
+from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
 from labcheck.lab import Lab
 from labcheck.prefetch import component, fact
 from labcheck.probes import http, prometheus
@@ -38,6 +38,11 @@ class Rates:
         return sorted(self.ratios().items(), key=lambda kv: kv[1], reverse=True)[:n]
 
 
+def p95_query(window: str) -> str:
+    """PromQL for the p95 latency by endpoint over ``window``, from the duration histogram."""
+    return f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{window}])))"
+
+
 @component("api")
 class Api:
     """Facts about the platform API, each fetched once per run."""
@@ -61,11 +66,7 @@ class Api:
         """GET a path once per run; a failure to answer is returned, not raised."""
         url = self.url(path)
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        key = f"GET {url}" + (" (with token)" if token else "")
-        try:
-            return http.Attempt(url, http.get(self.lab, url, headers=headers, key=key), None)
-        except ProbeError as exc:
-            return http.Attempt(url, None, exc)
+        return http.attempt(self.lab, url, headers=headers, key=f"GET {url}" + (" (with token)" if token else ""))
 
     @fact(None)
     def get(self, path: str, *, token: str | None = None) -> http.HttpResult:
@@ -90,8 +91,7 @@ class Api:
                 f"sum by (path) (rate(http_requests_total[{w}]))")
 
     def _p95_query(self) -> str:
-        w = self.lab.settings.window
-        return f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{w}])))"
+        return p95_query(str(self.lab.settings.window))
 
     @fact(lambda api, uses: api._start_path("/health"))
     def health(self) -> http.Attempt:

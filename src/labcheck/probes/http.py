@@ -149,12 +149,23 @@ def request(lab: Lab, url: str, *, method: str = "GET", headers: dict[str, str] 
     """Send one read-only request, read at most max_body_bytes, within the probe bound."""
     if method not in READ_ONLY_METHODS:
         raise ValueError(f"labcheck is read-only: {method} is not allowed")
+    return _send(lab, method, url, headers=headers or {})
+
+
+def post(lab: Lab, url: str, body: Any, *, headers: dict[str, str] | None = None) -> HttpResult:
+    """POST ``body`` as JSON, once: the one write labcheck sends (the opt-in experiment canary)."""
+    return _send(lab, "POST", url, headers={"Content-Type": "application/json", **(headers or {})},
+                 content=json.dumps(body).encode())
+
+
+def _send(lab: Lab, method: str, url: str, *, headers: dict[str, str], content: bytes | None = None) -> HttpResult:
+    """One exchange on the run's client, reading at most max_body_bytes, within the probe bound."""
     client = lab.client("http", lambda: _client(lab))
     limit = int(lab.settings.max_body_bytes)
     deadline = time.monotonic() + lab.budget - 0.5
     started = time.monotonic()
     try:
-        with client.stream(method, url, headers=headers or {}) as response:
+        with client.stream(method, url, headers=headers, content=content) as response:
             chunks: list[bytes] = []
             size = 0
             truncated = False
@@ -218,3 +229,11 @@ class Attempt:
         if self.result is not None:
             return f"HTTP {self.result.status} in {self.result.elapsed_s:.3f} s"
         return f"no answer ({self.error.reason if self.error else 'unknown'})"
+
+
+def attempt(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str | None = None) -> Attempt:
+    """GET once per run; a failure to answer is returned as the observation, not raised."""
+    try:
+        return Attempt(url, get(lab, url, headers=headers, key=key), None)
+    except ProbeError as exc:
+        return Attempt(url, None, exc)

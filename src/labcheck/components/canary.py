@@ -7,7 +7,6 @@ dry run asks the API to validate and schedule nothing; the check fails if the AP
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from labcheck.errors import NotConfigured, ProbeError
 from labcheck.lab import Lab
+from labcheck.prefetch import component, fact
 from labcheck.probes import http
 
 # Answers that mean "this API has no such endpoint" rather than "the endpoint is broken".
@@ -49,31 +49,14 @@ class Submission:
         return out
 
 
-def _post(lab: Lab, url: str, body: dict[str, Any], token: str) -> http.HttpResult:
-    import httpx
-
-    s = lab.settings
-    timeout = httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
-    started = time.monotonic()
-    try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False,
-                          headers={"User-Agent": "labcheck-canary"}) as client:
-            response = client.post(url, content=json.dumps(body),
-                                   headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-            content = response.content[: int(s.max_body_bytes)]
-    except httpx.HTTPError as exc:
-        raise http._classify(exc, url, lab) from None  # one naming of transport failures for all probes
-    return http.HttpResult(method="POST", url=url, status=response.status_code, elapsed_s=time.monotonic() - started,
-                           headers={k.lower(): v for k, v in response.headers.items()}, body=content,
-                           truncated=len(response.content) > len(content))
-
-
+@component("experiment_canary")
 class ExperimentCanary:
     """Submits one dry-run experiment per run (never more: it is a write)."""
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
 
+    @fact(None)  # a write: sent only when the opted-in check asks, never ahead
     def dry_run(self) -> Submission:
         s = self.lab.settings
         if not s.api_url:
@@ -83,8 +66,9 @@ class ExperimentCanary:
                                 target=f"POST {s.api_url}/experiments")
         url = f"{s.api_url}/experiments?dry_run=true"
         spec = canary_spec()
+        headers = {"Authorization": f"Bearer {s.test_token}", "User-Agent": "labcheck-canary"}
         try:
-            result = self.lab.fact(f"POST {url}", lambda: _post(self.lab, url, spec, str(s.test_token)), target=url)
+            result = self.lab.fact(f"POST {url}", lambda: http.post(self.lab, url, spec, headers=headers), target=url)
         except ProbeError as exc:
             return Submission(url, None, exc, spec)
         return Submission(url, result, None, spec)

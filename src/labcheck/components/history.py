@@ -1,4 +1,4 @@
-"""History checks: did the 5xx ratio and p95 latency stay under their thresholds in every minute?
+"""API history: did the 5xx ratio and p95 latency stay under their thresholds in every minute?
 
 The gate's question after a mitigation is "has the service been stable since?", and Prometheus
 already holds the answer: one range query per signal, one point per minute, each point the worst
@@ -7,7 +7,7 @@ to sit out the playbook's 15 minutes when they have already passed.
 
 These checks are opt-in: they run when ``history_window`` is set (``labcheck gate`` sets it) or when
 ``-m`` names ``history``; otherwise they are deselected, because during an incident the current
-value is what triage needs, not the last quarter of an hour.
+value is what triage needs, not the last quarter of an hour. The ``history`` fixture is built here.
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from labcheck.components.api_gateway import p95_query
 from labcheck.errors import NoData, NotConfigured
 from labcheck.lab import Lab
-from labcheck.markers import history_window
+from labcheck.markers import DEFAULT_WINDOW, history_window
+from labcheck.prefetch import component, fact
 from labcheck.probes import prometheus
 from labcheck.timefmt import MINUTE, clock, duration_s, minutes_text
 
 # The checks this module serves, by function name (the gate reads their outcome from triage.json).
 CHECK_NAMES = ("check_error_ratio_history_below_sev2", "check_p95_latency_history_below_threshold")
 NOT_YET = "not yet {minutes} of evidence"
-
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,8 @@ class Minute:
 
     @property
     def label(self) -> str:
-        start = datetime.fromtimestamp(self.end - MINUTE, tz=UTC)
-        end = datetime.fromtimestamp(self.end, tz=UTC)
-        return f"{start:%Y-%m-%d %H:%M:%S}-{end:%H:%M:%S} UTC"
+        start = clock(self.end - MINUTE, date=True).removesuffix(" UTC")
+        return f"{start}-{clock(self.end)} UTC"
 
 
 @dataclass(frozen=True)
@@ -117,6 +116,9 @@ class History:
         }
 
 
+# Nothing is started ahead: each range query ends at the fixture's own "now", known only when it is built.
+@component("history", make=lambda lab: HistorySignals(
+    lab, window=str(lab.settings.history_window or DEFAULT_WINDOW), since=lab.settings.history_since))
 class HistorySignals:
     """The API's 5xx ratio and p95 latency, minute by minute, from Prometheus range queries."""
 
@@ -134,6 +136,7 @@ class HistorySignals:
     def _resolution(self) -> str:
         return f"{int(min(max(self.lab.settings.window_s, 1.0), MINUTE))}s"
 
+    @fact(None)
     def ends(self) -> tuple[float, ...]:
         """The minute ends evaluated: whole minutes back from now, none reaching before the evidence start."""
         if self.since is None:
@@ -142,6 +145,7 @@ class HistorySignals:
             count = int(math.floor((self.now - self.evidence_start()) / MINUTE + 1e-9))
         return tuple(self.now - MINUTE * k for k in range(count - 1, -1, -1))
 
+    @fact(None)
     def evidence_start(self) -> float:
         if self.since is None:
             return self.now - self.wanted_s
@@ -163,6 +167,7 @@ class HistorySignals:
                        now=self.now, since=self.since, rate_window=self.rate_window, ends=ends,
                        minutes=tuple(sorted(minutes.values(), key=lambda m: m.end)))
 
+    @fact(None)
     def error_ratio(self) -> History:
         """The overall 5xx ratio; each minute's value is its worst ``window`` ratio."""
         w, res = self.rate_window, self._resolution()
@@ -170,14 +175,11 @@ class HistorySignals:
                  f" / sum(rate(http_requests_total[{w}]))")
         return self._series("API 5xx ratio", f"max_over_time(({ratio})[1m:{res}])")
 
+    @fact(None)
     def p95_latency(self) -> History:
         """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95."""
-        w, res = self.rate_window, self._resolution()
-        p95 = f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{w}])))"
+        p95, res = p95_query(self.rate_window), self._resolution()
         return self._series("API p95 latency", f"max_over_time(({p95})[1m:{res}])")
-
-
-# --- the fixture ----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,144 @@
+"""Authentication seen from outside: the test-token request, the 401/403 ratio, the API's clock.
+
+The ``auth_signals`` fixture and the ``secret_key`` parameter. The test-token request is shared with
+the experiments component: both read the same GET /experiments, fetched once per run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from labcheck.components import parameter
+from labcheck.components.api_gateway import Api
+from labcheck.config import Settings
+from labcheck.errors import NoData, NotConfigured
+from labcheck.lab import Lab, origin_of
+from labcheck.prefetch import component, fact
+from labcheck.probes import http, prometheus
+
+
+def start_with_test_token(lab: Lab, api: Api) -> None:
+    """Start GET /experiments with the test token in the background (the fact ``api.attempt`` reads)."""
+    s = lab.settings
+    if not (s.api_url and s.test_token):
+        return
+    url = api.url("/experiments")
+    http.start(lab, url, headers={"Authorization": f"Bearer {s.test_token}"}, key=f"GET {url} (with token)")
+
+
+def with_test_token(lab: Lab, api: Api) -> http.Attempt:
+    """GET /experiments with the configured test token, once per run; NotConfigured without one."""
+    token = lab.settings.test_token
+    if not token:
+        raise NotConfigured("test_token is not configured (a valid bearer token for /experiments)",
+                            target=api.url("/experiments"))
+    return api.attempt("/experiments", token=str(token))
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """401/403 responses as a share of all requests over a window."""
+
+    window: str
+    offset: str | None
+    errors: float
+    total: float
+
+    @property
+    def value(self) -> float:
+        return self.errors / self.total
+
+
+@dataclass(frozen=True)
+class Skew:
+    """The API's Date header against the local clock."""
+
+    url: str
+    skew_s: float
+    date: str
+    exchange: dict[str, Any] = field(repr=False)
+
+
+@component("auth_signals", make=lambda lab: AuthSignals(lab, Api(lab)))
+class AuthSignals:
+    """Authentication as seen from outside: the 401/403 ratio and the API's clock."""
+
+    def __init__(self, lab: Lab, api: Api) -> None:
+        self.lab = lab
+        self.api = api
+
+    @fact(lambda auth, uses: start_with_test_token(auth.lab, auth.api))
+    def with_test_token(self) -> http.Attempt:
+        """GET /experiments with the configured test token (fetched once, shared with the experiments checks)."""
+        return with_test_token(self.lab, self.api)
+
+    def _exprs(self, offset: str | None) -> tuple[str, str]:
+        w = self.lab.settings.window
+        off = f" offset {offset}" if offset else ""
+        return (f'sum(rate(http_requests_total{{status=~"401|403"}}[{w}]{off}))',
+                f"sum(rate(http_requests_total[{w}]{off}))")
+
+    @fact(None)  # the offsets are the check's own: it starts them itself
+    def start(self, *offsets: str | None) -> None:
+        for offset in offsets:
+            prometheus.start(self.lab, *self._exprs(offset))
+
+    def _start_ratio(self) -> None:
+        if self.lab.settings.prometheus_url:
+            self.start(None)  # the offset ratio is started by the check, with the offset it asks
+
+    @fact(lambda auth, uses: auth._start_ratio())
+    def error_ratio(self, offset: str | None = None) -> Ratio:
+        """The 401/403 share of API requests over the window (``offset`` looks back in time)."""
+        self.start(offset)
+        err_q, all_q = self._exprs(offset)
+        when = f" {offset} earlier" if offset else ""
+        totals = prometheus.require(prometheus.query(self.lab, all_q), all_q, what=f"http_requests_total{when}")
+        total = sum(s.value for s in totals)
+        if total <= 0:
+            raise NoData(f"no API requests in the {self.lab.settings.window} window{when}", target="Prometheus")
+        errors = sum(s.value for s in prometheus.query(self.lab, err_q))
+        return Ratio(self.lab.settings.window, offset, errors, total)
+
+    def _start_clock(self) -> None:
+        if self.lab.settings.api_url:
+            key, fetch, url = self._clock_job()
+            self.lab.start(key, fetch, origin=origin_of(url))
+
+    @fact(lambda auth, uses: auth._start_clock())
+    def clock_skew(self) -> Skew:
+        """Date header of GET /health minus the local clock at the middle of the exchange."""
+        key, fetch, url = self._clock_job()
+        skew: Skew = self.lab.fact(key, fetch, target=url)
+        return skew
+
+    def _clock_job(self) -> tuple[str, Callable[[], Skew], str]:
+        url = self.api.url("/health")
+
+        def fetch() -> Skew:
+            before = time.time()
+            result = http.request(self.lab, url)
+            after = time.time()
+            skew = result.date_skew_s((before + after) / 2)
+            if skew is None:
+                raise NoData("the answer has no readable Date header", target=url)
+            # Date has whole seconds, truncated: the server's clock was half a second later on average.
+            return Skew(url, skew + 0.5, result.headers.get("date", ""), result.exchange())
+
+        return f"clock skew GET {url}", fetch, url
+
+
+@pytest.fixture(scope="session")
+def auth_signals(lab: Lab, api: Api) -> AuthSignals:
+    """The 401/403 ratio from Prometheus and the API's clock."""
+    return AuthSignals(lab, api)
+
+
+@parameter("secret_key")
+def _secret_keys(metafunc: pytest.Metafunc, settings: Settings) -> Sequence[str]:
+    return list(settings.secret_keys)
