@@ -259,35 +259,33 @@ def test_a_run_imports_a_client_library_only_for_a_configured_target(tmp_path: P
     assert found == {"controller": []}, found
 
 
-# --- prefetch reads what the checks read ------------------------------------------------------------
+# --- prefetch starts what the facades declare ------------------------------------------------------------
 
 
-def test_every_prefetching_fixture_knows_what_its_checks_read() -> None:
-    # The prefetch starts, per fixture, only the facts the selected checks read (names in their code).
-    # A check that reads a fixture through no name its table knows makes the prefetch start everything:
-    # keep the tables in step with the checks.
-    from labcheck.fixtures import api, database, kube, platform, storage
-    from labcheck.lab import PREFETCH, reads
+def test_every_fixture_the_checks_ask_questions_of_declares_its_facts() -> None:
+    # Prefetch starts what the facades declare (@component, @fact): every fixture a check asks
+    # questions of is such a facade, and every public getter of it carries a declaration (the class
+    # definition refuses one without), so nothing a check reads is left out of the prefetch.
+    from labcheck import components
+    from labcheck.prefetch import COMPONENTS, FACT_ATTR
 
-    tables: dict[str, dict[str, tuple[str, ...]]] = {
-        "api": api.READS, "db": database.DB_READS, "db_pool": database.POOL_READS, "kube": kube.READS,
-        "s3": storage.READS, "prom": platform.PROM_READS, "auth_signals": platform.AUTH_READS,
-        "experiments": platform.EXPERIMENTS_READS, "docs_site": platform.DOCS_READS,
-    }
-    assert set(tables) == set(PREFETCH)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    for module_name in components.modules():
+        importlib.import_module(module_name)
+    facades = {"api", "db", "db_pool", "kube", "s3", "prom", "auth_signals", "experiments", "docs_site",
+               "history", "experiment_canary"}
+    assert facades <= set(COMPONENTS), sorted(facades - set(COMPONENTS))
+    for fixture, registered in COMPONENTS.items():
+        getters = [n for n, m in inspect.getmembers(registered.cls, inspect.isfunction) if not n.startswith("_")]
+        assert getters and all(hasattr(getattr(registered.cls, n), FACT_ATTR) for n in getters), fixture
     seen: Counter[str] = Counter()
     for path in sorted((REPO / "checks").glob("[a-z]*.py")):
         module = importlib.import_module(f"checks.{path.stem}")
         for name, fn in vars(module).items():
-            if not name.startswith("check_") or not callable(fn):
-                continue
-            for fixture in inspect.signature(fn).parameters:
-                if fixture in tables:
-                    seen[fixture] += 1
-                    assert reads(fn) & set(tables[fixture]), f"{path.name}::{name} reads {fixture} unseen"
-    assert set(seen) == set(tables), seen
+            if name.startswith("check_") and callable(fn):
+                seen.update(p for p in inspect.signature(fn).parameters if p in COMPONENTS)
+    assert facades <= set(seen), sorted(facades - set(seen))
 
 
 # --- 3 and 5. against our own sandbox ----------------------------------------------------------------
