@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from labcheck import config
+from labcheck.components.database import Database, parse_pool_metrics
 from labcheck.errors import NoData, ProbeBadResponse, ProbeError
 from labcheck.evidence import Redactor
 from labcheck.lab import Lab
@@ -107,7 +108,7 @@ def test_refused_connection_is_an_attempt_and_unknown_for_the_rest(monkeypatch: 
         port = sock.getsockname()[1]
     lab = _lab_for(f"postgresql://labcheck:hunter2-pw@127.0.0.1:{port}/app")
     try:
-        db = postgres.Database(lab)
+        db = Database(lab)
         attempt = db.attempt()
         assert not attempt.ok and attempt.kind == "refused", attempt
         assert "hunter2-pw" not in attempt.describe()
@@ -131,7 +132,7 @@ def test_silent_listener_is_timed_out_not_a_hang() -> None:
         lab = _lab_for(f"postgresql://u:p@127.0.0.1:{server.getsockname()[1]}/app", timeout=1)
         started = time.monotonic()
         try:
-            attempt = postgres.Database(lab).attempt()
+            attempt = Database(lab).attempt()
         finally:
             lab.close()
     assert attempt.kind == "timed out", attempt
@@ -141,11 +142,11 @@ def test_silent_listener_is_timed_out_not_a_hang() -> None:
 def test_pool_metrics_missing_series_is_no_data() -> None:
     text = "# TYPE db_pool_connections gauge\ndb_pool_connections 3\n"
     with pytest.raises(NoData, match="db_pool_max_connections, db_pool_waiters"):
-        postgres.parse_pool_metrics(text, "http://api/metrics")
+        parse_pool_metrics(text, "http://api/metrics")
     with pytest.raises(ProbeBadResponse):
-        postgres.parse_pool_metrics("<html>not metrics{", "http://api/metrics")
+        parse_pool_metrics("<html>not metrics{", "http://api/metrics")
     full = text + "db_pool_max_connections 10\ndb_pool_waiters 2\n"
-    stats = postgres.parse_pool_metrics(full, "http://api/metrics")
+    stats = parse_pool_metrics(full, "http://api/metrics")
     assert stats.saturated and stats.waiters == 2
 
 
@@ -160,7 +161,7 @@ def test_pool_saturation(open_: int, idle: int | None, waiters: int, saturated: 
     text = f"db_pool_connections {open_}\ndb_pool_max_connections 10\ndb_pool_waiters {waiters}\n"
     if idle is not None:
         text += f"db_pool_idle_connections {idle}\n"
-    assert postgres.parse_pool_metrics(text, "http://api/metrics").saturated is saturated
+    assert parse_pool_metrics(text, "http://api/metrics").saturated is saturated
 
 
 # --- against the live sandbox ----------------------------------------------------------------
@@ -237,7 +238,7 @@ def test_session_is_read_only_and_bounded(sandbox: Any) -> None:
     lab = _lab_for(sandbox.settings["database_url"])
     settings = lab.settings
     try:
-        session = postgres.Database(lab).session()
+        session = Database(lab).session()
         shown = session.run(lambda c: c.execute(
             "SELECT current_setting('transaction_read_only'), current_setting('default_transaction_read_only'),"
             " (SELECT setting FROM pg_settings WHERE name = 'statement_timeout'),"
@@ -246,7 +247,7 @@ def test_session_is_read_only_and_bounded(sandbox: Any) -> None:
         with pytest.raises(ProbeBadResponse, match="ReadOnlySqlTransaction"):
             session.run(lambda c: c.execute("CREATE TABLE labcheck_write_probe (x int)"), "a write")
         # The snapshot is the last question: the slot is given back, and never taken again.
-        db = postgres.Database(lab)
+        db = Database(lab)
         assert any(b.is_self for b in db.activity().backends)
         with pytest.raises(ProbeError, match="connection closed"):
             session.run(lambda c: c.execute("SELECT 1"), "a late query")
@@ -259,7 +260,7 @@ def test_replica_query_reads_recovery_state(sandbox: Any) -> None:
     dsn = sandbox.settings["database_url"]
     lab = _lab_for(dsn, replica_url=dsn)  # the primary posing as a replica: not in recovery
     try:
-        lag = postgres.Database(lab).replication()
+        lag = Database(lab).replication()
     finally:
         lab.close()
     assert lag.in_recovery is False and lag.lag_s is None, lag

@@ -382,10 +382,10 @@ def test_labcheck_session_refuses_writes(box: State) -> None:
     # The probe's own session, against a role that is not read-only: labcheck makes it so.
     # (tests/checks/test_database.py::test_session_is_read_only_and_bounded checks its bounds.)
     from labcheck import config
+    from labcheck.components.database import Database
     from labcheck.errors import ProbeBadResponse
     from labcheck.evidence import Redactor
     from labcheck.lab import Lab
-    from labcheck.probes import postgres
 
     with _superuser(box) as conn:
         role = conn.execute("SELECT rolconfig FROM pg_roles WHERE rolname = 'labcheck'").fetchone()
@@ -394,7 +394,7 @@ def test_labcheck_session_refuses_writes(box: State) -> None:
                            use_sandbox=False)
     lab = Lab(settings, redactor=Redactor(settings.secrets))
     try:
-        session = postgres.Database(lab).session()
+        session = Database(lab).session()
         shown = session.run(lambda c: c.execute(
             "SELECT current_setting('transaction_read_only'), setting FROM pg_settings"
             " WHERE name = 'default_transaction_read_only'").fetchone(), "settings")
