@@ -90,9 +90,8 @@ def _head_bucket_job(lab: Lab) -> tuple[str, Callable[[], Reach]]:
     endpoint = s3_probe.endpoint_name(lab)
 
     def fetch() -> Reach:
-        started = time.monotonic()
-        failure = s3_probe.head(lab, bucket)
-        return Reach(bucket, endpoint, failure.kind if failure else "ok", time.monotonic() - started, failure)
+        failure, elapsed_s = s3_probe.head(lab, bucket)
+        return Reach(bucket, endpoint, failure.kind if failure else "ok", elapsed_s, failure)
 
     return f"s3 head_bucket {bucket}", fetch
 

@@ -199,14 +199,15 @@ def cloudwatch_origin(lab: Lab) -> str:
 # --- calls -----------------------------------------------------------------------------------
 
 
-def head(lab: Lab, bucket: str) -> Failure | None:
-    """HeadBucket once: None when S3 answers, else S3's failure classified; failures on our side raise.
+def head(lab: Lab, bucket: str) -> tuple[Failure | None, float]:
+    """HeadBucket once: S3's failure classified (None when it answers) and the request's seconds.
 
-    A request that timed out also tells the lab that the endpoint is not answering.
+    Failures on our side raise; a request that timed out also tells the lab the endpoint is not answering.
     """
     from botocore import exceptions as bx
 
     client = s3_client(lab)
+    started = time.monotonic()
     try:
         client.head_bucket(Bucket=bucket)
     except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
@@ -217,8 +218,8 @@ def head(lab: Lab, bucket: str) -> Failure | None:
             raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None  # our side (config, client): UNKNOWN
         if failure.code == "timeout":  # returned, not raised: tell the lab the endpoint is not answering
             lab.mark_dead(s3_origin(lab), failure.describe())
-        return failure
-    return None
+        return failure, time.monotonic() - started
+    return None, time.monotonic() - started
 
 
 def list_usage(lab: Lab, bucket: str, limit: int, within_s: float) -> tuple[int, int, str | None]:
