@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from labcheck.probes import s3
+from labcheck.components import storage as s3
 
 CHECKS = "checks/storage.py"
 DEFAULT_QUOTA = 1073741824  # the sandbox API's default quota_bytes

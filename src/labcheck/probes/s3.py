@@ -1,19 +1,16 @@
-"""S3 probe: bucket reachability, usage, CloudWatch request metrics and the opt-in write canary.
+"""S3 transport: the S3 and CloudWatch clients, failures classified, and the bounded calls components make.
 
 boto3 is imported inside functions only, so collection and ``--collect-only`` never touch it.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from labcheck.errors import (
-    NoData,
     NotConfigured,
     ProbeAuthError,
     ProbeBadResponse,
@@ -25,32 +22,13 @@ from labcheck.errors import (
 if TYPE_CHECKING:
     from labcheck.lab import Lab
 
-CANARY_PREFIX = "labcheck-canary/"
 # max_attempts is botocore's *retry* count: one retry, two attempts in all.
 RETRIES = {"max_attempts": 1, "mode": "standard"}
 ATTEMPTS = 2
 
-# What a failed head_bucket means, and where the playbook says to look.
-KINDS = {
-    "ok": "reachable",
-    "forbidden": "access denied (HTTP 403): verify the IAM roles and the bucket policy",
-    "missing": "bucket does not exist (HTTP 404): check the bucket name and whether it was deleted",
-    "network": "network failure: check VPC endpoints, security groups and DNS",
-    "outage": "S3 is failing or throttling (HTTP 5xx / SlowDown): possible AWS outage, enable degraded mode",
-    "error": "unexpected S3 answer: check aws_region and s3_endpoint",
-}
-# The storage-failure scenario's conditions each kind establishes (True) or rules out (False).
-FACTS: dict[str, dict[str, bool]] = {
-    "ok": {"permissions": False, "network_issue": False, "aws_outage": False},
-    "forbidden": {"permissions": True, "network_issue": False, "aws_outage": False},
-    "missing": {"network_issue": False, "aws_outage": False},
-    "network": {"network_issue": True, "permissions": False},
-    "outage": {"aws_outage": True, "network_issue": False, "permissions": False},
-    "error": {"network_issue": False},
-}
 
-
-def _settings_bucket(lab: Lab) -> str:
+def bucket_name(lab: Lab) -> str:
+    """The configured bucket (``s3_bucket``)."""
     bucket = lab.settings.s3_bucket
     if not bucket:
         raise NotConfigured("s3_bucket is not configured", target="S3")
@@ -196,128 +174,64 @@ def _raise_for(exc: BaseException, target: str, lab: Lab | None = None) -> Probe
     return ProbeBadResponse(failure.describe(), target=target)
 
 
-def _boto_errors() -> tuple[type[BaseException], ...]:
+def boto_errors() -> tuple[type[BaseException], ...]:
+    """What a boto3 call raises for a failure of S3 or of the way to it."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     return (ClientError, BotoCoreError)
 
 
-# --- reachability ----------------------------------------------------------------------------
+def answered(exc: BaseException) -> bool:
+    """Whether S3 answered the failed request (an HTTP error), rather than leaving it without an answer."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError)
 
 
-@dataclass(frozen=True)
-class Reach:
-    """head_bucket: the failure to answer is itself the observation."""
-
-    bucket: str
-    endpoint: str
-    kind: str
-    elapsed_s: float
-    failure: Failure | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.kind == "ok"
-
-    @property
-    def facts(self) -> dict[str, bool]:
-        return FACTS[self.kind]
-
-    def describe(self) -> str:
-        if self.failure is None:
-            return f"head_bucket answered in {self.elapsed_s:.3f} s"
-        if self.failure.describe().startswith("timed out after"):
-            return self.failure.describe()  # it says how long already
-        return f"{self.failure.describe()} after {self.elapsed_s:.3f} s"
-
-    def advice(self) -> str:
-        return KINDS[self.kind]
-
-    def evidence(self) -> dict[str, Any]:
-        return {"request": f"HeadBucket {self.bucket}", "endpoint": self.endpoint, "kind": self.kind,
-                "status": self.failure.status if self.failure else 200,
-                "code": self.failure.code if self.failure else None,
-                "message": self.failure.message if self.failure else None,
-                "elapsed_s": round(self.elapsed_s, 3)}
-
-
-def _s3_origin(lab: Lab) -> str:
+def s3_origin(lab: Lab) -> str:
     return str(lab.settings.s3_endpoint or f"aws-s3:{lab.settings.aws_region}")
 
 
-def _cloudwatch_origin(lab: Lab) -> str:
+def cloudwatch_origin(lab: Lab) -> str:
     return str(lab.settings.cloudwatch_endpoint or f"aws-cloudwatch:{lab.settings.aws_region}")
 
 
-def _head_bucket_job(lab: Lab) -> tuple[str, Any]:
-    bucket = _settings_bucket(lab)
-    endpoint = endpoint_name(lab)
-
-    def fetch() -> Reach:
-        from botocore import exceptions as bx
-
-        client = s3_client(lab)
-        started = time.monotonic()
-        try:
-            client.head_bucket(Bucket=bucket)
-        except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
-            raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None
-        except _boto_errors() as exc:
-            failure = classify(exc, _timeouts(lab))
-            if failure.kind == "error" and not isinstance(exc, bx.ClientError):
-                raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None  # our side (config, client): UNKNOWN
-            if failure.code == "timeout":  # returned, not raised: tell the lab the endpoint is not answering
-                lab.mark_dead(_s3_origin(lab), failure.describe())
-            return Reach(bucket, endpoint, failure.kind, time.monotonic() - started, failure)
-        return Reach(bucket, endpoint, "ok", time.monotonic() - started)
-
-    return f"s3 head_bucket {bucket}", fetch
+# --- calls -----------------------------------------------------------------------------------
 
 
-def start(lab: Lab, facts: Collection[str] = ("head_bucket",), *, metrics: Iterable[str] = ()) -> None:
-    """Start in the background what the selected checks read: head_bucket, usage, CloudWatch ``metrics``."""
-    if not lab.settings.s3_bucket:
-        return
-    if "head_bucket" in facts:
-        lab.start(*_head_bucket_job(lab), origin=_s3_origin(lab))
-    if "usage" in facts:
-        usage_key, usage_fetch, _, _ = _usage_job(lab)
-        lab.start(usage_key, usage_fetch, origin=_s3_origin(lab))
-    for metric in metrics:
-        errors_key, errors_fetch, _ = _errors_job(lab, metric)
-        lab.start(errors_key, errors_fetch, origin=_cloudwatch_origin(lab))
+def head(lab: Lab, bucket: str) -> tuple[Failure | None, float]:
+    """HeadBucket once: S3's failure classified (None when it answers) and the request's seconds.
 
+    Failures on our side raise; a request that timed out also tells the lab the endpoint is not answering.
+    """
+    from botocore import exceptions as bx
 
-def head_bucket(lab: Lab) -> Reach:
-    """Is the bucket reachable? Fetched once per run; never raises for S3's own failures."""
-    key, fetch = _head_bucket_job(lab)
-    bucket = _settings_bucket(lab)
+    client = s3_client(lab)
+    started = time.monotonic()
     try:
-        reach: Reach = lab.fact(key, fetch, target=f"S3 bucket {bucket}", budget=call_budget(lab),
-                                origin=_s3_origin(lab))
-        return reach
-    except ProbeTimeout as exc:
-        # Our own bound ran out while S3 was still not answering: that is a network failure too.
-        return Reach(bucket, endpoint_name(lab), "network", call_budget(lab),
-                     Failure("network", None, "timeout", exc.reason))
+        client.head_bucket(Bucket=bucket)
+    except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
+        raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None
+    except boto_errors() as exc:
+        failure = classify(exc, _timeouts(lab))
+        if failure.kind == "error" and not isinstance(exc, bx.ClientError):
+            raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None  # our side (config, client): UNKNOWN
+        if failure.code == "timeout":  # returned, not raised: tell the lab the endpoint is not answering
+            lab.mark_dead(s3_origin(lab), failure.describe())
+        return failure, time.monotonic() - started
+    return None, time.monotonic() - started
 
 
-# --- usage -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Usage:
-    """How many bytes the bucket holds, and how we know."""
-
-    bucket: str
-    bytes: int
-    objects: int | None
-    source: str
-    notes: tuple[str, ...] = ()
-
-
-def _list_usage(lab: Lab, bucket: str, limit: int, deadline: float) -> tuple[int, int, str | None]:
+def list_usage(lab: Lab, bucket: str, limit: int, within_s: float) -> tuple[int, int, str | None]:
     """Sum object sizes over a bounded paginated listing: (bytes, objects, why it stopped early)."""
+    try:
+        return _list_usage(lab, bucket, limit, within_s)
+    except boto_errors() as exc:
+        raise _raise_for(exc, f"S3 bucket {bucket}", lab) from None
+
+
+def _list_usage(lab: Lab, bucket: str, limit: int, within_s: float) -> tuple[int, int, str | None]:
+    deadline = time.monotonic() + within_s
     client = s3_client(lab)
     paginator = client.get_paginator("list_objects_v2")
     total = count = 0
@@ -331,7 +245,7 @@ def _list_usage(lab: Lab, bucket: str, limit: int, deadline: float) -> tuple[int
         if count >= limit:
             return total, count, f"more than {limit} objects (s3_list_max_objects)"
         if time.monotonic() > deadline:
-            return total, count, f"listing took longer than {lab.budget * 2:g} s ({count} objects so far)"
+            return total, count, f"listing took longer than {within_s:g} s ({count} objects so far)"
     return total, count, None
 
 
@@ -339,12 +253,19 @@ STORAGE_TYPES = ("StandardStorage", "IntelligentTieringFAStorage", "IntelligentT
                  "StandardIAStorage", "OneZoneIAStorage", "GlacierStorage", "DeepArchiveStorage")
 
 
-def _cloudwatch_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
+def bucket_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
     """The latest BucketSizeBytes (S3 publishes it daily), summed over storage types, in one call.
 
     One-minute periods over two days stay within get_metric_data's limits and keep the latest
     datapoint apart from older ones, whatever the publishing interval.
     """
+    try:
+        return _bucket_size(lab, bucket)
+    except boto_errors() as exc:
+        raise _raise_for(exc, f"CloudWatch {lab.settings.cloudwatch_endpoint or 'AWS'}", lab) from None
+
+
+def _bucket_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
     client = cloudwatch_client(lab)
     end = datetime.now(UTC)
     queries = [
@@ -367,183 +288,19 @@ def _cloudwatch_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
     return sum(float(v) for _, v in latest), min(ts for ts, _ in latest)
 
 
-def usage(lab: Lab) -> Usage:
-    """Bucket usage: an exact bounded listing, else CloudWatch BucketSizeBytes."""
-    key, fetch, target, budget = _usage_job(lab)
-    usage_: Usage = lab.fact(key, fetch, target=target, budget=budget, origin=_s3_origin(lab))
-    return usage_
-
-
-def _usage_job(lab: Lab) -> tuple[str, Callable[[], Usage], str, float]:
-    bucket = _settings_bucket(lab)
-    target = f"S3 bucket {bucket}"
-    limit = int(lab.settings.s3_list_max_objects)
-
-    def fetch() -> Usage:
-        notes: list[str] = []
-        listing_error: ProbeError | None = None
-        if limit > 0:
-            try:
-                total, count, stopped = _list_usage(lab, bucket, limit, time.monotonic() + lab.budget * 2)
-                if stopped is None:
-                    return Usage(bucket, total, count, "list_objects_v2 (sum of object sizes)")
-                notes.append(f"listing stopped: {stopped}")
-            except _boto_errors() as exc:
-                listing_error = _raise_for(exc, target, lab)
-                notes.append(f"listing failed: {listing_error.reason}")
-        try:
-            size = _cloudwatch_size(lab, bucket)
-        except _boto_errors() as exc:
-            cw_error = _raise_for(exc, f"CloudWatch {lab.settings.cloudwatch_endpoint or 'AWS'}", lab)
-            raise type(listing_error or cw_error)(
-                "; ".join([*notes, f"CloudWatch BucketSizeBytes failed: {cw_error.reason}"]), target=target
-            ) from None
-        if size is None:
-            if listing_error is not None:
-                raise type(listing_error)("; ".join([*notes, "CloudWatch has no BucketSizeBytes datapoint"
-                                                     " in the last 2 days"]), target=target)
-            raise NoData("; ".join([*notes, "CloudWatch has no BucketSizeBytes datapoint in the last 2 days"]),
-                         target=target)
-        value, ts = size
-        return Usage(bucket, int(value), None, f"CloudWatch BucketSizeBytes at {ts.isoformat(timespec='seconds')}",
-                     tuple(notes))
-
-    # The listing stops itself after 2 probe budgets; then one page in flight and one CloudWatch call.
-    return f"s3 usage {bucket}", fetch, target, lab.budget * 2 + call_budget(lab, calls=2)
-
-
-# --- CloudWatch request metrics --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ErrorCount:
-    """Sum of one S3 request metric over a look-back window."""
-
-    bucket: str
-    metric: str
-    window: str
-    total: float
-    datapoints: list[dict[str, Any]] = field(repr=False)
-
-
-def request_errors(lab: Lab, metric: str) -> ErrorCount:
-    """CloudWatch ``4xxErrors`` or ``5xxErrors`` for the bucket over ``s3_error_window``."""
-    key, fetch, target = _errors_job(lab, metric)
-    count: ErrorCount = lab.fact(key, fetch, target=target, budget=call_budget(lab), origin=_cloudwatch_origin(lab))
-    return count
-
-
-def _errors_job(lab: Lab, metric: str) -> tuple[str, Callable[[], ErrorCount], str]:
-    from labcheck.timefmt import duration_s
-
-    bucket = _settings_bucket(lab)
-    window = str(lab.settings.s3_error_window)
-    seconds = max(60, int(duration_s(window)))
-    filter_id = str(lab.settings.s3_metrics_filter_id)
-    target = f"CloudWatch AWS/S3 {metric} for {bucket}"
-
-    def fetch() -> ErrorCount:
-        client = cloudwatch_client(lab)
-        end = datetime.now(UTC)
-        start = end - timedelta(seconds=seconds)
-        period = 60 * max(1, -(-seconds // (1440 * 60)))  # whole minutes, at most 1440 datapoints
-        try:
-            answer = client.get_metric_statistics(
-                Namespace="AWS/S3", MetricName=metric,
-                Dimensions=[{"Name": "BucketName", "Value": bucket}, {"Name": "FilterId", "Value": filter_id}],
-                StartTime=start, EndTime=end, Period=period, Statistics=["Sum"],
-            )
-        except _boto_errors() as exc:
-            raise _raise_for(exc, target, lab) from None
-        points = sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])
-        if not points:
-            raise NoData(f"no datapoints in the last {window} (are S3 request metrics enabled with "
-                         f"FilterId={filter_id}? see s3_metrics_filter_id)", target=target)
-        rows = [{"timestamp": p["Timestamp"].isoformat(timespec="seconds"), "sum": float(p.get("Sum", 0.0))}
-                for p in points]
-        return ErrorCount(bucket, metric, window, sum(r["sum"] for r in rows), rows)
-
-    return f"cloudwatch {metric} {bucket} {window}", fetch, target
-
-
-# --- write canary ----------------------------------------------------------------------------
-
-
-@dataclass
-class CanaryResult:
-    """What the write canary did, step by step."""
-
-    bucket: str
-    key: str
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    failure: str | None = None
-    left_behind: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None and not self.left_behind
-
-    def describe(self) -> str:
-        done = ", ".join(f"{s['step']} {s['result']}" for s in self.steps)
-        return done or "nothing done"
-
-
-def run_canary(client: Any, bucket: str, *, prefix: str = CANARY_PREFIX, size: int = 64) -> CanaryResult:
-    """Put, get, compare and delete one small object; the delete runs whatever happened before."""
-    from botocore.exceptions import ClientError
-
-    key = f"{prefix}{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(6)}.txt"
-    body = secrets.token_hex(size // 2).encode()
-    result = CanaryResult(bucket, key)
-    errors = _boto_errors()
-
-    def step(name: str, fn: Any) -> Any:
-        started = time.monotonic()
-        try:
-            value = fn()
-        except errors as exc:
-            result.steps.append({"step": name, "result": classify(exc).describe(),
-                                 "elapsed_s": round(time.monotonic() - started, 3)})
-            raise
-        result.steps.append({"step": name, "result": "ok", "elapsed_s": round(time.monotonic() - started, 3)})
-        return value
-
-    # Whether the object may exist: after a put that succeeded, or one that got no definite answer.
-    may_exist = False
+def request_metric(lab: Lab, bucket: str, metric: str, *, filter_id: str, seconds: int,
+                   target: str) -> list[dict[str, Any]]:
+    """The per-period Sum of an AWS/S3 request metric over the last ``seconds``, oldest first."""
+    client = cloudwatch_client(lab)
+    end = datetime.now(UTC)
+    start = end - timedelta(seconds=seconds)
+    period = 60 * max(1, -(-seconds // (1440 * 60)))  # whole minutes, at most 1440 datapoints
     try:
-        try:
-            step("put", lambda: client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/plain"))
-        except errors as exc:
-            may_exist = not isinstance(exc, ClientError)
-            raise
-        may_exist = True
-        got = step("get", lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        same = got == body
-        result.steps.append({"step": "compare", "result": "ok" if same else "mismatch"})
-        if not same:
-            result.failure = f"read back {len(got)} bytes that differ from the {len(body)} bytes written"
-    except errors as exc:
-        result.failure = f"{result.steps[-1]['step']} failed: {classify(exc).describe()}"
-    finally:
-        try:
-            step("delete", lambda: client.delete_object(Bucket=bucket, Key=key))
-        except errors as exc:
-            result.left_behind = may_exist
-            if result.failure is None:
-                result.failure = f"delete failed: {classify(exc).describe()}"
-    return result
-
-
-def canary(lab: Lab) -> CanaryResult:
-    """Run the write canary once per run, bounded (put, get, delete: three requests).
-
-    When the bound runs out the canary counts as failed (writes that do not complete are the
-    condition it looks for); its thread still deletes the object when the requests return.
-    """
-    bucket = _settings_bucket(lab)
-    budget = call_budget(lab, calls=3)
-    try:
-        return lab.fact(f"s3 canary {bucket}", lambda: run_canary(s3_client(lab), bucket),
-                        target=f"S3 bucket {bucket}", budget=budget, origin=_s3_origin(lab))
-    except ProbeTimeout as exc:
-        return CanaryResult(bucket, f"{CANARY_PREFIX}...", failure=exc.reason)
+        answer = client.get_metric_statistics(
+            Namespace="AWS/S3", MetricName=metric,
+            Dimensions=[{"Name": "BucketName", "Value": bucket}, {"Name": "FilterId", "Value": filter_id}],
+            StartTime=start, EndTime=end, Period=period, Statistics=["Sum"],
+        )
+    except boto_errors() as exc:
+        raise _raise_for(exc, target, lab) from None
+    return sorted(answer.get("Datapoints", []), key=lambda p: p["Timestamp"])
