@@ -37,6 +37,10 @@ def redact_exception(excinfo: pytest.ExceptionInfo[BaseException], redact: Redac
         exc.reason = redact(exc.reason)
 
 
+# The report of a check's call phase, as the plugin leaves it (FAILED, or turned into UNKNOWN), for
+# fixtures that act on the outcome at teardown (a failing check's evidence).
+call_report_key = pytest.StashKey[pytest.TestReport]()
+
 # What a check raises when it judged the platform (or was skipped or stopped); anything else
 # means it could not check: UNKNOWN.
 NOT_UNKNOWN = (AssertionError, pytest.fail.Exception, pytest.skip.Exception, KeyboardInterrupt)
@@ -123,9 +127,17 @@ class Outcomes:
             return report
         if call.when == "setup":
             report.user_properties.append(("labcheck_meta", check_meta(item)))
+        self._unknown(item, call, report)
+        if call.when == "call":
+            item.stash[call_report_key] = report  # final: a fixture's teardown reads whether the check failed
+        return report
+
+    @staticmethod
+    def _unknown(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        """Turn a failed report whose exception is not a judgement into UNKNOWN (a skip), in place."""
         excinfo = call.excinfo
         if excinfo is None or not report.failed or excinfo.errisinstance(NOT_UNKNOWN):
-            return report
+            return
         reason = _unknown_reason(excinfo)
         redact = item.config.stash.get(redactor_key, None)
         if redact is not None:
@@ -134,7 +146,6 @@ class Outcomes:
         report.outcome = "skipped"
         report.longrepr = (str(item.path), (lineno or 0) + 1, f"UNKNOWN: {reason}")
         report.user_properties.append(("labcheck_unknown", reason))
-        return report
 
 
 class Triage:
