@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 import threading
 import time
-import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from labcheck import snapshots
@@ -206,82 +204,4 @@ def origin_of(target: str | None) -> str | None:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
 
 
-@dataclass(frozen=True)
-class Use:
-    """One selected check that asks a fixture questions: what it reads, and its parameters.
-
-    ``reads`` holds the attribute and global names the check's code (and its module's own helper
-    functions) mentions, e.g. ``{"pods_for", "namespace", ...}`` for ``kube.pods_for(deployment)``.
-    Prefetchers map the names they know to the facts to start. A name missed here only means the
-    fact is fetched when the check asks for it; it never changes a result.
-    """
-
-    check: str
-    reads: frozenset[str]
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-def reads(fn: Callable[..., Any]) -> frozenset[str]:
-    """Attribute and global names a check's code mentions, through nested code and same-module helpers."""
-    module = getattr(fn, "__module__", None)
-    namespace: Mapping[str, Any] = getattr(fn, "__globals__", {})
-    names: set[str] = set()
-    seen: set[types.CodeType] = set()
-    top = getattr(fn, "__code__", None)
-    stack = [top] if isinstance(top, types.CodeType) else []
-    while stack:
-        code = stack.pop()
-        if code in seen:
-            continue
-        seen.add(code)
-        names.update(code.co_names)
-        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))  # lambdas, comprehensions
-        for name in code.co_names:
-            helper = namespace.get(name)
-            if isinstance(helper, types.FunctionType) and helper.__module__ == module:
-                stack.append(helper.__code__)
-    return frozenset(names)
-
-
-def wanted(uses: Sequence[Use], table: Mapping[str, Sequence[str]]) -> set[str]:
-    """The facts a prefetcher starts: for each use, what the names it reads map to in ``table``.
-
-    A name may map to no fact (``api.attempt(path)``: nothing to start ahead). A use that mentions
-    none of the table's names (it asks the fixture in a way we cannot see) wants every fact.
-    """
-    out: set[str] = set()
-    every = {fact for facts in table.values() for fact in facts}
-    for use in uses:
-        matched = [facts for name, facts in table.items() if name in use.reads]
-        out |= {fact for facts in matched for fact in facts} if matched else every
-    return out
-
-
-PrefetchFn = Callable[["Lab", Sequence[Use]], None]
-PREFETCH: dict[str, PrefetchFn] = {}
-
-
-def prefetch(fixture_name: str) -> Callable[[PrefetchFn], PrefetchFn]:
-    """Register what to start in the background when selected checks use a fixture.
-
-    The prefetcher is called once, at the end of collection, with the selected checks that use
-    the fixture (``Use``), and starts only the facts those checks read.
-    """
-
-    def register(fn: PrefetchFn) -> PrefetchFn:
-        PREFETCH[fixture_name] = fn
-        return fn
-
-    return register
-
-
-def unknown_if_missing(value: Any, what: str, *, target: str) -> Any:
-    """Turn a missing configuration value into UNKNOWN with a reason."""
-    if value in (None, "", ()):
-        from labcheck.errors import NotConfigured
-
-        raise NotConfigured(f"{what} is not configured", target=target)
-    return value
-
-
-__all__ = ["Lab", "Unknown", "unknown_if_missing"]
+__all__ = ["Lab", "Unknown", "origin_of"]

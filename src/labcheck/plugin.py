@@ -304,28 +304,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if config.option.collectonly or not is_active(config):
         return
     from labcheck import prefetch
-    from labcheck.lab import PREFETCH, Use, reads
 
     uses = prefetch.uses_of(session.items, is_check)
-    legacy: dict[str, list[Use]] = {}
-    for item in session.items:  # fixtures not yet moved to labcheck.components
-        fn = getattr(item, "function", None)
-        if not is_check(item) or not callable(fn):
-            continue
-        use = Use(check=str(getattr(item, "originalname", item.name)), reads=reads(fn),
-                  params=dict(getattr(getattr(item, "callspec", None), "params", {})))
-        for name in prefetch.argnames(fn):
-            if name in PREFETCH:
-                legacy.setdefault(name, []).append(use)
-    if not uses and not legacy:
-        return
-    lab = get_lab(config)
-    prefetch.start(lab, uses)
-    for name in sorted(legacy):
-        try:
-            PREFETCH[name](lab, legacy[name])
-        except Exception:  # noqa: BLE001 - a failed prefetch is seen again, as UNKNOWN, by the check
-            pass
+    if uses:
+        prefetch.start(get_lab(config), uses)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,7 +9,6 @@ itself as any pytest plugin does (``pytest_plugins``, ``-p`` or an entry point).
 
 from __future__ import annotations
 
-import importlib.util
 import pkgutil
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,16 +16,6 @@ from typing import Any
 import pytest
 
 from labcheck.config import Settings
-
-# Modules not yet moved into this package, registered beside it.
-LEGACY = (
-    "labcheck.fixtures.database",
-    "labcheck.fixtures.kube",
-    "labcheck.fixtures.storage",
-    "labcheck.fixtures.platform",
-    "labcheck.history",
-    "labcheck.canary",
-)
 
 Values = Callable[[pytest.Metafunc, Settings], Sequence[Any]]
 PARAMETERS: dict[str, Values] = {}
@@ -36,9 +25,8 @@ REFERRED: dict[str, frozenset[str]] = {}
 
 
 def modules() -> list[str]:
-    """The plugin modules of every component (this package's, then those not yet moved)."""
-    own = [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    return [*sorted(own), *(name for name in LEGACY if importlib.util.find_spec(name) is not None)]
+    """The plugin module of every component: each module of this package."""
+    return sorted(f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def parameter(name: str) -> Callable[[Values], Values]:
