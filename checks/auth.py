@@ -15,8 +15,10 @@ REJECTED = (401, 403)
 def check_jwt_secret_present(kube, settings, secret_key, expect):
     # Without the signing secret the API refuses all credentials: auth is down for everyone (SEV-1).
     # Only presence and non-emptiness are read; the value never reaches any output.
-    presence = kube.secret_key_presence(settings.secret_name)
-    state = "missing" if secret_key not in presence else "non-empty" if presence[secret_key] else "empty"
+    found = kube.secret_keys(settings.secret_name)
+    presence = found or {}
+    state = ("secret not found" if found is None else "missing" if secret_key not in presence
+             else "non-empty" if presence[secret_key] else "empty")
     expect(state == "non-empty",
            target=f"secret {settings.namespace}/{settings.secret_name} key {secret_key}",
            observed=state, threshold="present and non-empty",

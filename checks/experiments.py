@@ -1,12 +1,13 @@
-"""Experiment execution: is the list served, are the workers there, is any experiment stuck?"""
+"""Experiment execution: is the list served, is any experiment stuck? (Whether the workers are there is
+checked per deployment in checks/kubernetes.py, with the experiments component and its severities.)"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 
 import pytest
 
-from labcheck.components.experiments import experiments_shape_problems
+from labcheck.components.experiments import experiments_shape_problems, progress_age_s
 from labcheck.errors import NoData, ProbeBadResponse
 
 
@@ -39,33 +40,6 @@ def check_experiments_list_answers(experiments, expect):
            evidence=result.exchange())
 
 
-@pytest.mark.sev2
-@pytest.mark.experiments
-def check_workers_deployment_available(kube, settings, expect):
-    # Without available workers no experiment runs or progresses: a major feature (SEV-2).
-    name = settings.workers_deployment
-    status = kube.deployment_status(name)
-    desired, available = int(status.get("desired") or 0), int(status.get("available") or 0)
-    expect(desired > 0 and available >= desired, target=f"deployment {settings.namespace}/{name}",
-           observed=f"{available}/{desired} replicas available (ready {status.get('ready')}, "
-                    f"updated {status.get('updated')}, revision {status.get('revision')})",
-           threshold="all desired replicas available, at least one desired",
-           detail="scaled to 0: nothing executes experiments" if desired == 0 else "",
-           evidence=status)
-
-
-def _age_s(text, now):
-    if not text:
-        return None
-    try:
-        ts = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return (now - ts).total_seconds()
-
-
 @pytest.mark.sev3
 @pytest.mark.experiments
 def check_no_experiment_stuck(experiments, settings, expect):
@@ -79,12 +53,12 @@ def check_no_experiment_stuck(experiments, settings, expect):
     problems = experiments_shape_problems(doc)
     if problems:
         raise ProbeBadResponse("; ".join(problems), target=attempt.url)
-    now = datetime.now(UTC)
+    now = time.time()
     limit = settings.experiment_stuck_s
     running = [e for e in doc["experiments"] if e.get("state") == "running"]
     stuck = []
     for e in running:
-        age = _age_s(e.get("updated_at") or e.get("started_at"), now)
+        age = progress_age_s(e, now)
         if age is None:
             raise ProbeBadResponse(f"experiment {e.get('id')} has no readable updated_at/started_at",
                                    target=attempt.url)

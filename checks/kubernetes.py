@@ -1,4 +1,4 @@
-"""Kubernetes: are the platform's pods ready and stable, its nodes healthy, its rollouts and secret known?"""
+"""Kubernetes: are the platform's pods ready and stable, its nodes healthy, its rollouts known?"""
 
 from __future__ import annotations
 
@@ -207,26 +207,3 @@ def check_recent_rollout_is_recorded(kube, deployment, settings, expect):
            observed=f"revision {rollout.revision} ({rollout.image}) rolled out {rollout.age_text} ago"
                     + (" (recent)" if recent else ""),
            threshold=f"information: a rollout younger than {window:g} s is a suspect when sev1/sev2 checks fail")
-
-
-@pytest.mark.sev1
-@pytest.mark.auth
-@pytest.mark.scenario("auth-failure")
-def check_platform_credentials_have_expected_keys(kube, settings, expect):
-    # The API reads its signing key from this secret: without it (or with an empty key) new pods
-    # fail to start or reject every token, so authentication is down (SEV-1, as the auth checks
-    # classify it). Key names only: the values are never read into any report.
-    name = settings.secret_name
-    keys = kube.secret_keys(name)
-    expected = list(settings.secret_keys)
-    if keys is None:
-        observed, ok = "secret not found", False
-    else:
-        missing = [k for k in expected if k not in keys]
-        empty = [k for k in expected if k in keys and not keys[k]]
-        ok = not missing and not empty
-        observed = (f"keys present: {', '.join(sorted(keys)) or 'none'}"
-                    + (f"; missing: {', '.join(missing)}" if missing else "")
-                    + (f"; empty: {', '.join(empty)}" if empty else ""))
-    expect(ok, target=f"secret {kube.namespace}/{name}", observed=observed,
-           threshold=f"exists with non-empty keys {', '.join(expected)}")

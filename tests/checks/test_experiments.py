@@ -12,7 +12,9 @@ from labcheck.components.experiments import experiments_shape_problems
 from standin import StandIn
 
 CHECKS = "checks/experiments.py"
-ALL_CHECKS = ("check_experiments_list_answers", "check_workers_deployment_available", "check_no_experiment_stuck")
+ALL_CHECKS = ("check_experiments_list_answers", "check_no_experiment_stuck")
+# The workers' availability is one check per deployment, in checks/kubernetes.py.
+WORKERS = "check_deployment_has_available_replicas[experiment-workers]"
 
 
 @pytest.mark.parametrize(("doc", "problem"), [
@@ -76,11 +78,11 @@ def test_stuck_experiment_fails(healed: Any) -> None:
 
 def test_workers_unavailable_fails(healed: Any) -> None:
     healed.fault("workers-unavailable")
-    run = healed.wait_for(lambda r: r.outcome("check_workers_deployment_available") == "failed", CHECKS,
+    run = healed.wait_for(lambda r: r.outcome(WORKERS) == "failed", CHECKS, "checks/kubernetes.py",
                           deadline_s=30, what="workers deployment check failing")
-    check = run.check("check_workers_deployment_available")
-    assert check["severity"] == "SEV-2" and check["scenario"] is None
-    assert "0/" in check["message"] and "experiment-workers" in check["message"]
+    check = run.check(WORKERS)
+    assert check["severity"] == "SEV-2" and check["component"] == "experiments"
+    assert "0 of " in check["message"] and "experiment-workers" in check["message"]
     assert run.triage["severity"] == "SEV-2"
 
 

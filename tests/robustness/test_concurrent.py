@@ -30,7 +30,8 @@ RUNS = 10
 # a node NotReady, the experiment workers unavailable, an experiment stuck for hours, /docs down.
 # (crash-loop is not one: its container is Running between two crashes, so runs disagree.)
 FAULTS = ("node-not-ready", "workers-unavailable", "stuck-experiment", "docs-down")
-MUST_FAIL = ("check_nodes_ready_without_pressure", "check_workers_deployment_available", "check_no_experiment_stuck",
+MUST_FAIL = ("check_nodes_ready_without_pressure", "check_deployment_has_available_replicas[experiment-workers]",
+             "check_no_experiment_stuck",
              "check_docs_site_answers")
 
 State = dict[str, Any]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from labcheck.components.auth import start_with_test_token, with_test_token
 from labcheck.lab import Lab
 from labcheck.prefetch import component, fact
 from labcheck.probes import http
+from labcheck.timefmt import parse_time
 
 EXPERIMENT_FIELDS = ("id", "name", "state", "started_at")
 
@@ -48,3 +50,10 @@ def experiments_shape_problems(doc: Any) -> list[str]:
 def experiments(lab: Lab, api: Api) -> Experiments:
     """Experiments as the API lists them."""
     return Experiments(lab, api)
+
+
+def progress_age_s(experiment: Mapping[str, Any], now: float) -> float | None:
+    """Seconds since an experiment last showed progress (``updated_at``, else ``started_at``); None when
+    neither is a readable time."""
+    stamp = parse_time(experiment.get("updated_at") or experiment.get("started_at"))
+    return None if stamp is None else now - stamp
