@@ -150,3 +150,24 @@ def test_a_getter_without_a_declaration_is_refused_at_once() -> None:
 
     with pytest.raises(TypeError, match=r"Renamed \('toy'\): public method\(s\) renamed_getter declare no fact"):
         component("toy")(Renamed)
+
+
+def test_a_component_named_in_code_must_have_an_impact_row(pytester: pytest.Pytester) -> None:
+    # The impact table is the one list of components: a catalogue without a row the code names
+    # (here the verdict's "auth") fails at load with one line naming it, and still writes reports.
+    scenarios = pytester.path / "scenarios"
+    shutil.copytree(REPO / "scenarios", scenarios)
+    severity = scenarios / "_severity.toml"
+    text = severity.read_text()
+    start = text.index("[impact.auth]")
+    severity.write_text(text[:start] + text[text.index("[impact.experiments]"):])
+    text = severity.read_text().replace('"auth", ', "").replace('auth = ["kubernetes"]\n', "")
+    severity.write_text(text)
+    (pytester.path / "checks").mkdir()
+    (pytester.path / "checks" / "__init__.py").write_text("")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--no-sandbox",
+                                           f"--reports-dir={pytester.path / 'reports'}", "checks")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "has no row for auth, which the verdict's API and worker components names" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert (pytester.path / "reports" / "triage.json").exists()

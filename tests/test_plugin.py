@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,30 @@ def test_triage_deadline_turns_the_rest_unknown(pytester: pytest.Pytester) -> No
     outcomes = {c["nodeid"].split("::")[1]: (c["outcome"], c["message"]) for c in data["checks"]}
     assert outcomes["check_first"][0] == "passed"
     assert outcomes["check_after"] == ("unknown", "deadline reached before this check could finish")
+
+
+def test_plugin_is_inert_in_a_project_that_does_not_use_labcheck(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # labcheck is a global entry point: in another project's run it validates and writes nothing,
+    # even with a KUBECONFIG it would refuse (no such files) and check_* functions around.
+    for name in [n for n in os.environ if n.startswith("LABCHECK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/a:/nonexistent/b")
+    pytester.makepyfile(test_unrelated="def test_one():\n    assert True\n\ndef check_helper():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    assert result.ret == 0
+    assert not (pytester.path / "reports").exists()
+    assert "labcheck target" not in result.stdout.str()
+
+
+def test_a_labcheck_marker_wakes_the_plugin(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("LABCHECK_")]:
+        monkeypatch.delenv(name)
+    pytester.makepyfile(test_marked="import pytest\n\n@pytest.mark.sev4\ndef test_marked():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "--no-sandbox")
+    result.assert_outcomes(passed=1)
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/a:/nonexistent/b")
+    bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "none of these kubeconfig files exists: /nonexistent/a, /nonexistent/b" in bad.stderr.str() + bad.stdout.str()

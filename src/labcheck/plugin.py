@@ -141,6 +141,7 @@ def _activate(config: pytest.Config) -> None:
     out = reports_dir(config)
     try:
         activate(config)
+        components.check_named(config.stash[catalogue_key])
     except (ConfigError, CatalogueError) as exc:
         if not _is_worker(config):
             verdict.write_usage_error(out, str(exc))

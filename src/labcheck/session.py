@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-from labcheck import components, verdict
 from labcheck import config as cfg
-from labcheck.errors import CatalogueError
 from labcheck.evidence import Evidence, Redactor
 from labcheck.lab import Lab
 from labcheck.scenarios import Catalogue, load_catalogue
@@ -68,22 +66,9 @@ def activate(config: pytest.Config) -> None:
     settings = cfg.load(cli=_cli_values(config), profile=config.getoption("labcheck_profile"),
                         use_sandbox=not config.getoption("labcheck_no_sandbox"))
     catalogue = load_catalogue(_scenarios_dir(config))
-    _check_components_named(catalogue)
     config.stash[settings_key] = settings
     config.stash[catalogue_key] = catalogue
     config.stash[redactor_key] = Redactor(settings.secrets)
-
-
-def _check_components_named(catalogue: Catalogue) -> None:
-    """Every component the code names is a row of the impact table, the one list of components."""
-    named = {"the verdict's API and worker components": verdict.API_COMPONENTS | verdict.WORKER_COMPONENTS,
-             **components.REFERRED}
-    known = set(catalogue.severity.impact)
-    for where, names in named.items():
-        missing = sorted(set(names) - known)
-        if missing:
-            raise CatalogueError(f"{catalogue.directory}: the impact table (_severity.toml) has no row for "
-                                 f"{', '.join(missing)}, which {where} names")
 
 
 def is_active(config: pytest.Config) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from labcheck.config import Settings
+from labcheck.errors import CatalogueError
+from labcheck.scenarios import Catalogue
 
 Values = Callable[[pytest.Metafunc, Settings], Sequence[Any]]
 PARAMETERS: dict[str, Values] = {}
@@ -48,6 +50,20 @@ def marker_line(line: str) -> None:
 def refers_to(where: str, *names: str) -> None:
     """Declare that ``where`` names these components (checked against the impact table at load)."""
     REFERRED[where] = frozenset(names)
+
+
+def check_named(catalogue: Catalogue) -> None:
+    """Every component the code names is a row of the impact table, the one list of components."""
+    from labcheck import verdict
+
+    named = {"the verdict's API and worker components": verdict.API_COMPONENTS | verdict.WORKER_COMPONENTS,
+             **REFERRED}
+    known = set(catalogue.severity.impact)
+    for where, names in named.items():
+        missing = sorted(set(names) - known)
+        if missing:
+            raise CatalogueError(f"{catalogue.directory}: the impact table (_severity.toml) has no row for "
+                                 f"{', '.join(missing)}, which {where} names")
 
 
 def add_markers(config: pytest.Config) -> None:
