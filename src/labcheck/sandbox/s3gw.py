@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from labcheck.sandbox.serve import admin_key_ok, fault_params, parse_args, serve
+from labcheck.sandbox.serve import admin_key_ok, fault_params, load_config, parse_args, serve
 
 log = logging.getLogger("labcheck.sandbox.s3gw")
 
@@ -55,7 +55,7 @@ ERRORS = {
 
 
 @dataclass
-class Settings:
+class GatewaySettings:
     """The gateway's configuration, read from s3gw.json."""
 
     admin_key: str
@@ -73,13 +73,8 @@ class Settings:
     upstream_timeout: float = 30.0
 
     @classmethod
-    def load(cls, path: str | Path) -> Settings:
-        data = json.loads(Path(path).read_text())
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            log.warning("ignoring unknown config keys: %s", ", ".join(unknown))
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def load(cls, path: str | Path) -> GatewaySettings:
+        return load_config(cls, path, log)
 
 
 def _now_iso() -> str:
@@ -89,7 +84,7 @@ def _now_iso() -> str:
 class Gateway:
     """State of one gateway process: the fault, the request log and the request counters."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.mode: str | None = None
         self.log: deque[dict[str, Any]] = deque(maxlen=50_000)
@@ -328,7 +323,7 @@ class ResettingH11Protocol(H11Protocol):
         super().data_received(data)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: GatewaySettings) -> Starlette:
     """The gateway as an ASGI application."""
     gateway = Gateway(settings)
     ResettingH11Protocol.gateway = gateway
@@ -419,7 +414,7 @@ def create_app(settings: Settings) -> Starlette:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args("s3gw", __doc__, argv, quiet=(("botocore", logging.WARNING),))
-    settings = Settings.load(args.config)
+    settings = GatewaySettings.load(args.config)
     app = create_app(settings)
     return serve(app, host=settings.host, port=settings.port, log_level=args.log_level,
                  http=ResettingH11Protocol, server_header=False, date_header=False)

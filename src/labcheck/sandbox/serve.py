@@ -8,9 +8,12 @@ import json
 import logging
 import signal
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from starlette.requests import Request
+
+T = TypeVar("T")
 
 
 def parse_args(service: str, description: str | None, argv: list[str] | None,
@@ -24,6 +27,16 @@ def parse_args(service: str, description: str | None, argv: list[str] | None,
     for name, level in (("httpx", logging.WARNING), *quiet):
         logging.getLogger(name).setLevel(level)
     return args
+
+
+def load_config(cls: type[T], path: str | Path, log: logging.Logger) -> T:
+    """A service's dataclass configuration from its JSON file; unknown keys are logged and passed over."""
+    data = json.loads(Path(path).read_text())
+    known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        log.warning("ignoring unknown config keys: %s", ", ".join(unknown))
+    return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def admin_key_ok(request: Request, admin_key: str) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from labcheck.sandbox.serve import load_config
 
 # One logger for the whole API, named as when it was a single module.
 log = logging.getLogger("labcheck.sandbox.api")
@@ -41,12 +42,7 @@ class ApiSettings:
 
     @classmethod
     def load(cls, path: str | Path) -> ApiSettings:
-        data = json.loads(Path(path).read_text())
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            log.warning("ignoring unknown config keys: %s", ", ".join(unknown))
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return load_config(cls, path, log)
 
 
 def first_line(exc: BaseException) -> str:
