@@ -100,7 +100,7 @@ def test_collect_only_does_not_import_the_kubernetes_client():
             f"{KUBE!r}]); print('IMPORTED' if any(m == 'kubernetes' or m.startswith('kubernetes.') "
             "for m in sys.modules) else 'CLEAN')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert "20 tests collected" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "19 tests collected" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("CLEAN"), proc.stdout[-500:]
 
 
@@ -122,7 +122,7 @@ def test_healthy_sandbox_passes(healed):
     run = healed.wait_for(lambda r: set(_outcomes(r).values()) == {"passed"}, KUBE, "checks/api_gateway.py",
                           deadline_s=90, what="every Kubernetes and API gateway check passing")
     outcomes = _outcomes(run)
-    assert len([c for c in run.triage["checks"] if c["nodeid"].startswith(KUBE)]) == 20
+    assert len([c for c in run.triage["checks"] if c["nodeid"].startswith(KUBE)]) == 19
     for check in ("check_every_pod_is_ready", "check_no_container_crash_looping", "check_no_recent_oom_kill",
                   "check_restarts_within_window", "check_deployment_has_a_ready_pod"):
         assert outcomes[f"{check}[{API}]"] == outcomes[f"{check}[{WORKERS}]"] == "passed"
@@ -255,7 +255,7 @@ def test_recent_rollout_with_error_rate_is_the_suspect(healed):
 def test_no_kubernetes_target_is_unknown_not_pass(healed):
     run = healed.run_checks(KUBE, "--no-sandbox")
     outcomes = _outcomes(run)
-    assert len(outcomes) == 20 and set(outcomes.values()) == {"unknown"}, outcomes
+    assert len(outcomes) == 19 and set(outcomes.values()) == {"unknown"}, outcomes
     assert all("no kubeconfig configured" in c["message"] for c in run.triage["checks"])
 
 
@@ -264,7 +264,7 @@ def test_rejected_credentials_make_every_check_unknown(healed, fault, status):
     healed.fault(fault)
     run = healed.run_checks(KUBE)
     outcomes = _outcomes(run)
-    assert len(outcomes) == 20 and set(outcomes.values()) == {"unknown"}, outcomes
+    assert len(outcomes) == 19 and set(outcomes.values()) == {"unknown"}, outcomes
     for check in run.triage["checks"]:
         assert f"HTTP {status}" in check["message"], check["message"]
     assert run.triage["sev1_blind"] is True
@@ -329,7 +329,7 @@ def test_stopped_stand_in_makes_every_check_unknown(healed):
         _wait_dead(pid)
         run = healed.run_checks(KUBE)
         outcomes = _outcomes(run)
-        assert len(outcomes) == 20 and set(outcomes.values()) == {"unknown"}, outcomes
+        assert len(outcomes) == 19 and set(outcomes.values()) == {"unknown"}, outcomes
         assert all("connection refused" in c["message"] for c in run.triage["checks"]), \
             [c["message"] for c in run.triage["checks"]]
         assert run.triage["counts"]["passed"] == 0
