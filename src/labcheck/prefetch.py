@@ -7,14 +7,19 @@ parameters), or ``@fact(None)`` when there is nothing to start ahead (a path of 
 A public method without a declaration is refused when the class is defined: a renamed or new
 getter can never silently fall out of the prefetch.
 
-When collection ends, the facts of every fixture the selected checks ask for start at once, in
-the background, each fetched once per run (``Lab.start``). What the checks do not select is not
-started, and a fixture no selected check asks for starts nothing.
+When collection ends, the declared facts the selected checks read start at once, in the
+background, each fetched once per run (``Lab.start``). Which getters a check reads is read off its
+source: the attribute names it (and the helpers of its own module it calls) mentions, matched
+against the declared getters of the fixtures it asks for. A check that names none of them (it hands
+the fixture to code elsewhere) starts every fact of that fixture: more than needed, never less.
+What no selected check reads is not started, so ``-m sev1`` sends no query only sev2 checks need.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,10 +34,11 @@ FACT_ATTR = "__labcheck_fact__"
 
 @dataclass(frozen=True)
 class Use:
-    """One selected check that asks a fixture questions, and its parameters."""
+    """One selected check that asks a fixture questions: its parameters, and the names it reads."""
 
     check: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    names: frozenset[str] = frozenset()
 
 
 Starter = Callable[[Any, Sequence[Use]], None]
@@ -40,12 +46,12 @@ Starter = Callable[[Any, Sequence[Use]], None]
 
 @dataclass(frozen=True)
 class Registered:
-    """A facade registered for a fixture: how to build it from the lab, and its declared starters."""
+    """A facade registered for a fixture: how to build it from the lab, and each getter's starter."""
 
     fixture: str
     cls: type
     make: Callable[[Lab], Any]
-    starters: tuple[Starter, ...]
+    getters: Mapping[str, Starter]
 
 
 COMPONENTS: dict[str, Registered] = {}
@@ -69,7 +75,7 @@ def component(fixture: str, make: Callable[[Lab], Any] | None = None) -> Callabl
     """Register a facade for ``fixture``; every public method must carry a ``@fact`` declaration."""
 
     def register(cls: C) -> C:
-        starters: list[Starter] = []
+        getters: dict[str, Starter] = {}
         missing: list[str] = []
         for name, member in inspect.getmembers(cls, inspect.isfunction):
             if name.startswith("_"):
@@ -77,12 +83,12 @@ def component(fixture: str, make: Callable[[Lab], Any] | None = None) -> Callabl
             start = getattr(member, FACT_ATTR, None)
             if start is None:
                 missing.append(name)
-            elif start is not _nothing and start not in starters:
-                starters.append(start)
+            else:
+                getters[name] = start
         if missing:
             raise TypeError(f"{cls.__name__} ({fixture!r}): public method(s) {', '.join(missing)} declare no "
                             f"fact: decorate each with @fact(start) or @fact(None)")
-        COMPONENTS[fixture] = Registered(fixture, cls, make or cls, tuple(starters))
+        COMPONENTS[fixture] = Registered(fixture, cls, make or cls, getters)
         return cls
 
     return register
@@ -93,6 +99,41 @@ def argnames(fn: Any) -> list[str]:
         return list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         return []
+
+
+def _module_functions(module_name: str) -> dict[str, ast.FunctionDef]:
+    """The top-level functions of a module, parsed from its source once per run."""
+    if module_name not in _PARSED:
+        module = sys.modules.get(module_name)
+        try:
+            tree = ast.parse(inspect.getsource(module)) if module is not None else None
+        except (OSError, TypeError, SyntaxError):
+            tree = None
+        _PARSED[module_name] = {node.name: node for node in (tree.body if tree else ())
+                                if isinstance(node, ast.FunctionDef)}
+    return _PARSED[module_name]
+
+
+_PARSED: dict[str, dict[str, ast.FunctionDef]] = {}
+
+
+def names_read(fn: Callable[..., Any]) -> frozenset[str]:
+    """Attribute names a check's source mentions, through the helpers of its own module it calls."""
+    functions = _module_functions(str(getattr(fn, "__module__", "")))
+    names: set[str] = set()
+    stack = [str(getattr(fn, "__name__", ""))]
+    seen: set[str] = set()
+    while stack:
+        node = functions.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute):
+                names.add(sub.attr)
+            elif isinstance(sub, ast.Name) and sub.id in functions:
+                stack.append(sub.id)
+    return frozenset(names)
 
 
 def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, list[Use]]:
@@ -107,19 +148,41 @@ def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, 
         if not wanted:
             continue
         use = Use(check=str(getattr(item, "originalname", item.name)),
-                  params=dict(getattr(getattr(item, "callspec", None), "params", {})))
+                  params=dict(getattr(getattr(item, "callspec", None), "params", {})), names=names_read(fn))
         for name in wanted:
             uses.setdefault(name, []).append(use)
     return uses
 
 
+def starters(registered: Registered, uses: Sequence[Use]) -> list[tuple[Starter, list[Use]]]:
+    """Each declared starter the uses read, with the uses that read it (every one for a use that
+    names no getter of the facade)."""
+    wanted: dict[str, list[Use]] = {}
+    for use in uses:
+        named = [g for g in registered.getters if g in use.names] or list(registered.getters)
+        for getter in named:
+            wanted.setdefault(getter, []).append(use)
+    out: list[tuple[Starter, list[Use]]] = []
+    for getter, readers in wanted.items():
+        start = registered.getters[getter]
+        if start is _nothing:
+            continue
+        for known, known_uses in out:
+            if known is start:
+                known_uses.extend(u for u in readers if u not in known_uses)
+                break
+        else:
+            out.append((start, list(readers)))
+    return out
+
+
 def start(lab: Lab, uses: Mapping[str, Sequence[Use]]) -> None:
-    """Start every declared fact of the fixtures the selected checks use."""
+    """Start the declared facts the selected checks read, fixture by fixture."""
     for name in sorted(uses):
         registered = COMPONENTS[name]
         try:
             facade = registered.make(lab)
-            for starter in registered.starters:
-                starter(facade, uses[name])
+            for starter, readers in starters(registered, uses[name]):
+                starter(facade, readers)
         except Exception:  # noqa: BLE001 - a failed prefetch is seen again, as UNKNOWN, by the check
             pass

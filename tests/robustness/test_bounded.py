@@ -262,12 +262,15 @@ def test_a_run_imports_a_client_library_only_for_a_configured_target(tmp_path: P
 # --- prefetch starts what the facades declare ------------------------------------------------------------
 
 
+# The checks' component markers are registered only in a labcheck run, not in this one.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
 def test_every_fixture_the_checks_ask_questions_of_declares_its_facts() -> None:
     # Prefetch starts what the facades declare (@component, @fact): every fixture a check asks
     # questions of is such a facade, and every public getter of it carries a declaration (the class
-    # definition refuses one without), so nothing a check reads is left out of the prefetch.
+    # definition refuses one without). Each check names at least one getter of every facade it asks:
+    # one that named none would make the prefetch start all of that facade's facts.
     from labcheck import components
-    from labcheck.prefetch import COMPONENTS, FACT_ATTR
+    from labcheck.prefetch import COMPONENTS, FACT_ATTR, names_read
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -283,8 +286,12 @@ def test_every_fixture_the_checks_ask_questions_of_declares_its_facts() -> None:
     for path in sorted((REPO / "checks").glob("[a-z]*.py")):
         module = importlib.import_module(f"checks.{path.stem}")
         for name, fn in vars(module).items():
-            if name.startswith("check_") and callable(fn):
-                seen.update(p for p in inspect.signature(fn).parameters if p in COMPONENTS)
+            if not name.startswith("check_") or not callable(fn):
+                continue
+            for fixture in (p for p in inspect.signature(fn).parameters if p in COMPONENTS):
+                seen[fixture] += 1
+                read = names_read(fn) & set(COMPONENTS[fixture].getters)
+                assert read, f"{path.name}::{name} names no declared getter of {fixture}"
     assert facades <= set(seen), sorted(facades - set(seen))
 
 
