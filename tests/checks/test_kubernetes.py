@@ -295,7 +295,8 @@ def test_requests_stay_within_rbac(healed):
 
     healed.fault("crash-loop", started_ago=60)
     _kube_admin("DELETE", "/admin/requests")
-    run = healed.run_checks(KUBE, "checks/api_gateway.py")
+    # checks/auth.py reads the platform secret (the one JWT secret check).
+    run = healed.run_checks(KUBE, "checks/api_gateway.py", "checks/auth.py")
     assert run.outcome(f"check_no_container_crash_looping[{API}]") == "failed"
     entries = [e for e in _kube_admin("GET", "/admin/requests")["requests"] if "labcheck" in e["user_agent"]]
     assert entries, "no request from labcheck reached the stand-in"
