@@ -32,6 +32,48 @@ def _vector(value: float | None) -> dict[str, Any]:
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
+def _unsigned_jwt(**claims: Any) -> str:
+    """A JWT-shaped token with the given claims (the stand-ins do not verify signatures)."""
+    import base64
+    import json
+    import time
+
+    def part(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    return ".".join([part({"alg": "HS256", "typ": "JWT"}),
+                     part({"sub": "labcheck", "exp": int(time.time()) + 3600, **claims}), "c2lnbmF0dXJl"])
+
+
+# --- without the sandbox ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("token", "reason"), [
+    ("opaque-api-key-1234", "test_token is not a JWT"),
+    ("a.b", "test_token is not a JWT"),
+    ("eyJhbGciOiJIUzI1NiJ9.!!!notbase64.sig", "test_token is not a JWT"),
+    (_unsigned_jwt(exp="tomorrow"), "exp is not a NumericDate"),
+    (_unsigned_jwt(exp=1_700_000_000), "labcheck's test token expired at 2023-11-14T22:13:20Z; renew it"),
+    (_unsigned_jwt(nbf=4_000_000_000), "is not valid before 2096-10-02T07:06:40Z"),
+])
+def test_an_unusable_token_is_unknown_without_quoting_it(token: str, reason: str) -> None:
+    from labcheck.components.auth import usable_token
+    from labcheck.errors import Unknown
+
+    with pytest.raises(Unknown) as caught:
+        usable_token(token)
+    assert reason in str(caught.value)
+    assert token not in str(caught.value)
+
+
+def test_a_token_without_exp_is_usable() -> None:
+    from labcheck.components.auth import token_times, usable_token
+
+    token = _unsigned_jwt(exp=None)
+    assert token_times(token).exp is None
+    assert usable_token(token) == token
+
+
 # --- against the live sandbox ----------------------------------------------------------------
 
 
@@ -81,7 +123,7 @@ def test_clock_skew_fails_and_names_ntp(healed: Any) -> None:
 
 def test_an_open_endpoint_is_a_sev1_failure(healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
     api = stand_in(lambda path, query: (200, {"experiments": []}))
-    run = healed.run_checks(CHECKS, "--api-url", api.url, "--set", "test_token=t0ken-for-the-stand-in")
+    run = healed.run_checks(CHECKS, "--api-url", api.url, "--set", f"test_token={_unsigned_jwt()}")
     check = run.check("check_request_without_token_rejected")
     assert check["outcome"] == "failed"
     assert "open to anyone" in check["message"]
@@ -125,3 +167,28 @@ def test_auth_error_ratio_says_when_there_is_nothing_to_compare(
     check = run.check("check_auth_error_ratio")
     assert check["outcome"] == "passed"
     assert check["observed"][0]["observed"] == "0.0% (no data 1h earlier to compare with)"
+
+
+def _signed(healed: Any, ttl_seconds: int) -> str:
+    from labcheck.sandbox.api.auth import sign_token
+
+    return str(sign_token(healed.state["secrets"]["jwt_secret"], ttl_seconds=ttl_seconds))
+
+
+@pytest.mark.parametrize("kind", ["expired", "not a JWT"])
+def test_an_unusable_test_token_is_unknown_not_an_auth_outage(healed: Any, kind: str) -> None:
+    # Signed with the platform's own secret, so only its expiry is wrong: labcheck's problem.
+    token = _signed(healed, -120) if kind == "expired" else "opaque-labcheck-key-5150"
+    run = healed.run_checks(CHECKS, "checks/experiments.py", "--set", f"test_token={token}")
+    reason = "test token expired at" if kind == "expired" else "test_token is not a JWT"
+    for name in ("check_test_token_accepted", "check_experiments_list_answers"):
+        check = run.check(name)
+        assert check["outcome"] == "unknown", check
+        assert reason in check["message"], check["message"]
+    if kind == "expired":
+        assert "renew it" in run.check("check_test_token_accepted")["message"]
+    assert run.outcome("check_request_without_token_rejected") == "passed"
+    assert run.triage["severity"] is None and run.returncode == 0
+    # The token itself reaches no output.
+    reports = "".join(p.read_text(errors="replace") for p in run.reports.rglob("*") if p.is_file())
+    assert token not in reports and token not in run.stdout and token not in run.stderr

@@ -6,6 +6,9 @@ the experiments component: both read the same GET /experiments, fetched once per
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +19,63 @@ import pytest
 from labcheck.components import parameter
 from labcheck.components.api_gateway import Api
 from labcheck.config import Settings
-from labcheck.errors import NoData, NotConfigured
+from labcheck.errors import NoData, NotConfigured, Unknown
 from labcheck.lab import Lab, origin_of
 from labcheck.prefetch import component, fact
 from labcheck.probes import http, prometheus
+from labcheck.timefmt import iso_z
+
+TOKEN_TARGET = "labcheck's test token (the test_token setting)"
+
+
+@dataclass(frozen=True)
+class TokenTimes:
+    """The validity window a JWT claims (``exp``, ``nbf``), read locally; never the token itself."""
+
+    exp: float | None
+    nbf: float | None
+
+    def problem(self, now: float) -> str | None:
+        """Why the token cannot be used at ``now`` (as an UNKNOWN reason), or None."""
+        if self.exp is not None and now >= self.exp:
+            return f"labcheck's test token expired at {iso_z(self.exp)}; renew it"
+        if self.nbf is not None and now < self.nbf:
+            return f"labcheck's test token is not valid before {iso_z(self.nbf)} (nbf); renew it or check this host's clock"
+        return None
+
+
+def token_times(token: str) -> TokenTimes:
+    """``exp`` and ``nbf`` of a JWT's payload, decoded without verifying the signature.
+
+    Raises Unknown ("test_token is not a JWT") for anything else; the reason never quotes the token.
+    """
+    parts = token.strip().split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        raise Unknown("test_token is not a JWT (expected three dot-separated base64url parts)", target=TOKEN_TARGET)
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, ValueError):
+        raise Unknown("test_token is not a JWT (its payload is not base64url JSON)", target=TOKEN_TARGET) from None
+    if not isinstance(payload, dict):
+        raise Unknown("test_token is not a JWT (its payload is not a JSON object)", target=TOKEN_TARGET)
+
+    def seconds(claim: str) -> float | None:
+        value = payload.get(claim)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Unknown(f"test_token is not a JWT ({claim} is not a NumericDate)", target=TOKEN_TARGET)
+        return float(value)
+
+    return TokenTimes(exp=seconds("exp"), nbf=seconds("nbf"))
+
+
+def usable_token(token: str, now: float | None = None) -> str:
+    """The token when its claims allow using it now; else Unknown naming why (expired, not yet valid, not a JWT)."""
+    problem = token_times(token).problem(time.time() if now is None else now)
+    if problem:
+        raise Unknown(problem, target=TOKEN_TARGET)
+    return token
 
 
 def start_with_test_token(lab: Lab, api: Api) -> None:
@@ -27,6 +83,10 @@ def start_with_test_token(lab: Lab, api: Api) -> None:
     s = lab.settings
     if not (s.api_url and s.test_token):
         return
+    try:
+        usable_token(str(s.test_token))
+    except Unknown:
+        return  # never sent: the check reports why
     url = api.url("/experiments")
     http.start(lab, url, headers={"Authorization": f"Bearer {s.test_token}"}, key=f"GET {url} (with token)")
 
@@ -37,7 +97,8 @@ def with_test_token(lab: Lab, api: Api) -> http.Attempt:
     if not token:
         raise NotConfigured("test_token is not configured (a valid bearer token for /experiments)",
                             target=api.url("/experiments"))
-    return api.attempt("/experiments", token=str(token))
+    # Read locally first: an expired token is labcheck's own problem, not the platform's.
+    return api.attempt("/experiments", token=usable_token(str(token)))
 
 
 @dataclass(frozen=True)
