@@ -69,12 +69,28 @@ class _PgError(Exception):
     ('FATAL:  password authentication failed for user "labcheck"', None, "auth failed"),
     ('FATAL:  no pg_hba.conf entry for host "10.1.1.1"', "28000", "auth failed"),
     ('FATAL:  database "nope" does not exist', None, "database missing"),
+    ('FATAL:  database "nope" does not exist', "3D000", "database missing"),
+    ('FATAL:  role "ghost" does not exist', "28000", "role missing"),
+    ("FATAL:  permission denied for database \"app\"", "42501", "permission denied"),
+    ("FATAL:  password authentication failed", "28P01", "auth failed"),
     ('connection to server at "127.0.0.1", port 1 failed: Connection refused', None, "refused"),
     ("connection timeout expired", None, "timed out"),
     ('could not translate host name "db.invalid" to address', None, "unreachable"),
 ])
 def test_connection_failures_are_told_apart(message: str, sqlstate: str | None, kind: str) -> None:
     assert postgres.classify(_PgError(message, sqlstate)) == kind
+
+
+@pytest.mark.parametrize(("kind", "own"), [
+    ("auth failed", True), ("role missing", True), ("database missing", True), ("permission denied", True),
+    ("refused", False), ("timed out", False), ("too many clients", False), ("unreachable", False),
+])
+def test_own_role_failures_are_unknown_naming_the_role(kind: str, own: bool) -> None:
+    attempt = postgres.Attempt("PostgreSQL primary db:5432/app", False, 0.1, kind=kind, message="m",
+                               role="labcheck_ro")
+    assert attempt.own_access is own
+    assert attempt.error is not None
+    assert ("labcheck's database role 'labcheck_ro'" in str(attempt.error)) is own
 
 
 def test_connection_messages_never_carry_the_password() -> None:
@@ -330,3 +346,43 @@ def test_too_many_clients_fails_connect_and_leaves_the_rest_unknown(healed: Any)
     assert watch.most == 0
     password = healed.settings["database_url"].split(":")[2].split("@")[0]
     assert password not in run.stdout and password not in (run.reports / "triage.json").read_text()
+
+
+def _dsn_with(sandbox: Any, *, password: str | None = None, dbname: str | None = None) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(sandbox.settings["database_url"])
+    netloc = parts.netloc
+    if password is not None:
+        netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc, path=f"/{dbname}" if dbname else parts.path))
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("wrong password", "auth failed"),
+    ("missing database", "database missing"),
+])
+def test_labcheck_role_refused_is_unknown_naming_the_role(healed: Any, case: str, words: str) -> None:
+    wrong = "not-the-pw-4242"
+    dsn = (_dsn_with(healed, password=wrong) if case == "wrong password"
+           else _dsn_with(healed, dbname="no_such_database"))
+    run = healed.run_checks(CHECKS, "--database-url", dsn)
+    for name in ("check_database_accepts_connections", *SNAPSHOT_CHECKS):
+        check = run.check(name)
+        assert check["outcome"] == "unknown", check
+        assert "labcheck's database role 'labcheck'" in check["message"] and words in check["message"]
+    assert run.triage["severity"] is None
+    assert "db-connection-exhaustion" not in run.scenario_ids()
+    assert wrong not in run.stdout and wrong not in (run.reports / "triage.json").read_text()
+
+
+def test_refused_connection_still_fails_the_connect_check(healed: Any) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = healed.run_checks(CHECKS, "--database-url", f"postgresql://labcheck:x@127.0.0.1:{port}/app")
+    connect = run.check("check_database_accepts_connections")
+    assert connect["outcome"] == "failed" and "refused" in connect["message"], connect
+    assert run.triage["severity"] == "SEV-1"

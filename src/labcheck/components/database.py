@@ -271,14 +271,19 @@ class Database:
 
     @fact(lambda db, uses: db._start_connect())
     def attempt(self) -> Attempt:
-        """Connect to the primary once per run; failing to is returned, not raised."""
+        """Connect to the primary once per run; failing to is returned, not raised (except for our own role)."""
         session = self.session()
         try:
-            return self.lab.fact("postgres primary connect", session.attempt, target=session.target,
-                                 budget=self._connect_budget)
+            attempt = self.lab.fact("postgres primary connect", session.attempt, target=session.target,
+                                    budget=self._connect_budget)
         except ProbeTimeout as exc:
             return Attempt(session.target, False, self._connect_budget, kind=postgres.TIMED_OUT,
-                           message=exc.reason)
+                           message=exc.reason, role=session.user)
+        if attempt.own_access and attempt.error is not None:
+            # labcheck's own role was refused (password, role, database, grants): we could not
+            # check the server, which answered. UNKNOWN, naming the role; refusals stay FAILED.
+            raise attempt.error
+        return attempt
 
     def _snapshot(self) -> tuple[str, Callable[[], Activity], str]:
         session = self.session()

@@ -34,7 +34,9 @@ QUERY_FETCHED_CHARS = 1000
 REFUSED = "refused"
 TIMED_OUT = "timed out"
 AUTH_FAILED = "auth failed"
+ROLE_MISSING = "role missing"
 DATABASE_MISSING = "database missing"
+PERMISSION_DENIED = "permission denied"
 TOO_MANY_CLIENTS = "too many clients"
 UNREACHABLE = "unreachable"
 
@@ -42,15 +44,21 @@ _KIND_ERRORS: dict[str, type[ProbeError]] = {
     REFUSED: ProbeRefused,
     TIMED_OUT: ProbeTimeout,
     AUTH_FAILED: ProbeAuthError,
+    ROLE_MISSING: ProbeAuthError,
     DATABASE_MISSING: ProbeBadResponse,
+    PERMISSION_DENIED: ProbeAuthError,
     TOO_MANY_CLIENTS: ProbeError,
     UNREACHABLE: ProbeUnreachable,
 }
+
+# Kinds that are about labcheck's own role, not the server's health: the checks are UNKNOWN.
+OWN_ACCESS = frozenset({AUTH_FAILED, ROLE_MISSING, DATABASE_MISSING, PERMISSION_DENIED})
 
 # SQLSTATEs a refused login carries (when libpq hands one over) and the texts PostgreSQL sends.
 _TOO_MANY_STATES = {"53300"}
 _AUTH_STATES = {"28P01", "28000"}
 _MISSING_DB_STATES = {"3D000"}
+_PERMISSION_STATES = {"42501"}
 _TOO_MANY_TEXTS = ("too many clients", "too many connections", "remaining connection slots are reserved")
 _AUTH_TEXTS = ("password authentication failed", "no pg_hba.conf entry", "authentication failed",
                "role \"", "no password supplied", "peer authentication failed")
@@ -110,6 +118,22 @@ def describe_dsn(dsn: str) -> str:
     return f"{host}:{port}/{db}"
 
 
+def role_of(dsn: str) -> str:
+    """The role a DSN logs in as (libpq's default, the OS user, when it names none)."""
+    try:
+        user = unquote(urlsplit(dsn).username or "")
+    except ValueError:
+        user = ""
+    if user:
+        return user
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - only a name for messages
+        return "(default role)"
+
+
 def _password(dsn: str) -> str | None:
     try:
         return unquote(urlsplit(dsn).password or "") or None
@@ -134,6 +158,10 @@ def classify(exc: BaseException) -> str:
         return TOO_MANY_CLIENTS
     if state in _MISSING_DB_STATES or ("database \"" in text and "does not exist" in text):
         return DATABASE_MISSING
+    if "role \"" in text and "does not exist" in text:
+        return ROLE_MISSING
+    if state in _PERMISSION_STATES or "permission denied" in text:
+        return PERMISSION_DENIED
     if state in _AUTH_STATES or any(t in text for t in _AUTH_TEXTS):
         return AUTH_FAILED
     if type(exc).__name__ == "ConnectionTimeout" or any(t in text for t in _TIMEOUT_TEXTS):
@@ -152,6 +180,12 @@ class Attempt:
     elapsed_s: float
     kind: str | None = None
     message: str = ""
+    role: str = ""
+
+    @property
+    def own_access(self) -> bool:
+        """Whether the failure is about labcheck's own role (credentials, grants), not the server."""
+        return not self.ok and self.kind in OWN_ACCESS
 
     @property
     def error(self) -> ProbeError | None:
@@ -159,6 +193,10 @@ class Attempt:
         if self.ok:
             return None
         cls = _KIND_ERRORS.get(self.kind or "", ProbeUnreachable)
+        if self.own_access:
+            return cls(f"labcheck's database role {self.role or '(unknown)'!r} cannot connect: {self.kind} "
+                       f"({self.message}); fix labcheck's credentials or grants, not the database",
+                       target=self.target)
         after = f" after {self.elapsed_s:.1f} s" if self.kind == TIMED_OUT else ""
         return cls(f"cannot connect: {self.kind}{after} ({self.message})", target=self.target)
 
@@ -180,6 +218,7 @@ class Session:
         self.lab = lab
         self.dsn = dsn
         self.role = role
+        self.user = role_of(dsn)
         self.target = f"PostgreSQL {role} {describe_dsn(dsn)}"
         self._lock = threading.Lock()
         self._conn: Any = None
@@ -223,18 +262,18 @@ class Session:
             )
         except Exception as exc:  # noqa: BLE001 - classified, never retried
             return Attempt(self.target, False, time.monotonic() - started, kind=classify(exc),
-                           message=clean_message(str(exc), self.dsn)[:300])
+                           message=clean_message(str(exc), self.dsn)[:300], role=self.user)
         try:
             conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
         except Exception as exc:  # noqa: BLE001 - a session we cannot make read-only is not used
             conn.close()
             return Attempt(self.target, False, time.monotonic() - started, kind=classify(exc),
-                           message=clean_message(str(exc), self.dsn)[:300])
+                           message=clean_message(str(exc), self.dsn)[:300], role=self.user)
         if self._closed:  # the run ended while we were connecting
             conn.close()
         else:
             self._conn = conn
-        return Attempt(self.target, True, time.monotonic() - started)
+        return Attempt(self.target, True, time.monotonic() - started, role=self.user)
 
     def run(self, fn: Callable[[Any], T], what: str) -> T:
         """Run `fn(connection)` under the session lock; errors become UNKNOWN naming `what`."""
@@ -253,8 +292,9 @@ class Session:
             raise ProbeTimeout(f"statement_timeout ({self.statement_timeout_ms} ms) hit by {what}",
                                target=self.target) from None
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise ProbeAuthError(f"permission denied for {what} ({clean_message(str(exc), self.dsn)[:160]}); "
-                                 "grant pg_monitor", target=self.target) from None
+            raise ProbeAuthError(f"labcheck's database role {self.user!r}: permission denied for {what} "
+                                 f"({clean_message(str(exc), self.dsn)[:160]}); grant it pg_monitor",
+                                 target=self.target) from None
         except psycopg.OperationalError as exc:
             raise ProbeUnreachable(f"connection lost during {what} ({clean_message(str(exc), self.dsn)[:160]})",
                                    target=self.target) from None
