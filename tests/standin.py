@@ -1,5 +1,5 @@
-"""A small HTTP server on loopback answering GETs from a function, for replies the sandbox does not
-give (an open API, an odd body shape, an empty Prometheus).
+"""A small HTTP server on loopback answering requests from a function, for replies the sandbox does not
+give (an open API, an odd body shape, an empty Prometheus, an S3 that refuses; HEAD/PUT/... answer as GET).
 
 ``answer(path, query)`` returns ``(status, body)``: a JSON-able body, or ``(bytes, content type)``.
 """
@@ -25,14 +25,21 @@ class StandIn:
 
             def do_GET(self) -> None:  # noqa: N802
                 parts = urlsplit(self.path)
+                length = int(self.headers.get("content-length") or 0)
+                if length:  # another method's body: read, so the connection stays usable
+                    self.rfile.read(length)
                 status, body = answer(parts.path, parts.query)
                 payload, kind = body if isinstance(body, tuple) else (json.dumps(body).encode(), "application/json")
                 self.send_response(status)
                 self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Length", str(0 if self.command == "HEAD" else len(payload)))
                 self.send_header("Date", formatdate(usegmt=True))
                 self.end_headers()
-                self.wfile.write(payload)
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            # Other methods get the same answer (an S3 stand-in is asked HEAD, PUT, DELETE).
+            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET  # noqa: N815
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -254,3 +254,89 @@ def test_quota_full_fails_the_quota_checks(healed: Any) -> None:
     over = healed.run_checks(CHECKS, "-k", "quota", "--set", f"s3_quota_bytes={int(_quota(healed) * 0.9)}")
     assert over.outcome("check_bucket_below_quota") == "failed"
     assert over.triage["severity"] == "SEV-2"
+
+
+# --- labcheck's own access, and no stale pass ------------------------------------------------
+
+TARGET_KEYS = ("api_url", "prometheus_url", "s3_endpoint", "cloudwatch_endpoint", "aws_region",
+               "aws_access_key_id", "aws_secret_access_key")
+
+
+def _clients(sandbox: Any) -> tuple[Any, Any]:
+    import boto3
+
+    s = sandbox.settings
+    kw = {"aws_access_key_id": s["aws_access_key_id"], "aws_secret_access_key": s["aws_secret_access_key"],
+          "region_name": s["aws_region"]}
+    return (boto3.client("s3", endpoint_url=s["s3_endpoint"], **kw),
+            boto3.client("cloudwatch", endpoint_url=s["cloudwatch_endpoint"], **kw))
+
+
+def _size_reading(cloudwatch: Any, bucket: str, value: float, age_s: float) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    cloudwatch.put_metric_data(Namespace="AWS/S3", MetricData=[{
+        "MetricName": "BucketSizeBytes", "Value": value, "Unit": "Bytes",
+        "Timestamp": datetime.now(UTC) - timedelta(seconds=age_s),
+        "Dimensions": [{"Name": "BucketName", "Value": bucket}, {"Name": "StorageType", "Value": "StandardStorage"}]}])
+
+
+def test_a_deleted_bucket_never_passes_the_quota_checks_on_an_older_reading(healed: Any) -> None:
+    import secrets
+
+    bucket = f"labcheck-deleted-{secrets.token_hex(4)}"
+    s3_client, cloudwatch = _clients(healed)
+    # The bucket existed and CloudWatch measured it; then it was deleted.
+    s3_client.create_bucket(Bucket=bucket)
+    s3_client.put_object(Bucket=bucket, Key="d.bin", Body=b"0" * 1000)
+    _size_reading(cloudwatch, bucket, 1000.0, 60)
+    s3_client.delete_object(Bucket=bucket, Key="d.bin")
+    s3_client.delete_bucket(Bucket=bucket)
+    run = healed.run_checks(CHECKS, "-k", "reachable or quota", "--s3-bucket", bucket,
+                            "--set", f"s3_quota_bytes={_quota(healed)}", *_explicit_targets(healed, *TARGET_KEYS))
+    assert run.outcome("check_bucket_reachable") == "failed"
+    for name in ("check_bucket_below_quota", "check_bucket_usage_below_quota_ratio"):
+        check = run.check(name)
+        assert check["outcome"] == "unknown", check
+        assert "HTTP 404" in check["message"] and "CloudWatch BucketSizeBytes from" in check["message"]
+        assert "cannot count" in check["message"]
+
+
+def test_a_size_reading_older_than_its_window_is_unknown(healed: Any) -> None:
+    import secrets
+
+    bucket = f"labcheck-old-reading-{secrets.token_hex(4)}"
+    s3_client, cloudwatch = _clients(healed)
+    s3_client.create_bucket(Bucket=bucket)
+    try:
+        _size_reading(cloudwatch, bucket, 1000.0, 3 * 3600)  # three hours old
+        base = (CHECKS, "-k", "quota", "--s3-bucket", bucket, "--set", "s3_list_max_objects=0",
+                "--set", f"s3_quota_bytes={_quota(healed)}", *_explicit_targets(healed, *TARGET_KEYS))
+        fresh_enough = healed.run_checks(*base)  # within the default 2d
+        assert fresh_enough.outcome("check_bucket_below_quota") == "passed"
+        stale = healed.run_checks(*base, "--set", "s3_size_max_age=1h")
+        for name in ("check_bucket_below_quota", "check_bucket_usage_below_quota_ratio"):
+            check = stale.check(name)
+            assert check["outcome"] == "unknown" and "s3_size_max_age" in check["message"], check
+    finally:
+        s3_client.delete_bucket(Bucket=bucket)
+
+
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message></Error>", "application/xml")
+
+
+def test_access_denied_to_labcheck_alone_is_unknown(healed: Any) -> None:
+    from standin import StandIn
+
+    refusing = StandIn(lambda path, query: (403, ACCESS_DENIED))  # S3 refuses labcheck's credentials
+    try:
+        keys = [k for k in TARGET_KEYS if k != "s3_endpoint"]
+        run = healed.run_checks(CHECKS, "-k", "reachable", "--s3-bucket", healed.settings["s3_bucket"],
+                                "--set", f"s3_endpoint={refusing.url}", *_explicit_targets(healed, *keys))
+    finally:
+        refusing.close()
+    reach = run.check("check_bucket_reachable")
+    assert reach["outcome"] == "unknown", reach
+    assert "labcheck's own credentials" in reach["message"] and "reports storage 'ok'" in reach["message"]
+    assert run.triage["severity"] is None

@@ -15,16 +15,23 @@ from typing import Any
 
 import pytest
 
+from labcheck import config
+from labcheck.components.api_gateway import Api
 from labcheck.config import Settings
-from labcheck.errors import NoData, NotConfigured, ProbeError, ProbeTimeout, Unknown
+from labcheck.errors import NoData, NotConfigured, ProbeAuthError, ProbeError, ProbeTimeout, Unknown
 from labcheck.lab import Lab
 from labcheck.markers import writes_enabled
 from labcheck.prefetch import Use, component, fact
 from labcheck.probes import prometheus
 from labcheck.probes import s3 as s3_probe
 from labcheck.probes.s3 import Failure, classify
+from labcheck.timefmt import duration_s
 
 CANARY_PREFIX = "labcheck-canary/"
+
+config.declare(config.Key(
+    "s3_size_max_age", config.PARSERS["duration"], "2d",
+    "Oldest CloudWatch BucketSizeBytes datapoint the quota checks may judge (S3 publishes it daily)"))
 
 # What a failed head_bucket means, and where the playbook says to look.
 KINDS = {
@@ -129,10 +136,24 @@ def usage(lab: Lab) -> Usage:
     return lab.fact(key, fetch, target=target, budget=budget, origin=s3_probe.s3_origin(lab))
 
 
+def _missing_contradiction(lab: Lab, bucket: str, target: str, fresher: str) -> NoData:
+    """UNKNOWN for usage when this run saw the bucket missing: an older CloudWatch reading cannot count."""
+    try:
+        size = s3_probe.bucket_size(lab, bucket, duration_s(str(lab.settings.s3_size_max_age)))
+    except ProbeError:
+        size = None
+    older = (f"CloudWatch BucketSizeBytes from {size[1].isoformat(timespec='seconds')} predates it and"
+             if size else "no reading")
+    return NoData(f"{fresher} in this run: {older} cannot count as the bucket's usage "
+                  "(bucket deleted? see check_bucket_reachable)", target=target)
+
+
 def _usage_job(lab: Lab) -> tuple[str, Callable[[], Usage], str, float]:
     bucket = s3_probe.bucket_name(lab)
     target = f"S3 bucket {bucket}"
     limit = int(lab.settings.s3_list_max_objects)
+    max_age = str(lab.settings.s3_size_max_age)
+    max_age_s = duration_s(max_age)
 
     def fetch() -> Usage:
         notes: list[str] = []
@@ -146,19 +167,25 @@ def _usage_job(lab: Lab) -> tuple[str, Callable[[], Usage], str, float]:
             except ProbeError as exc:
                 listing_error = exc
                 notes.append(f"listing failed: {listing_error.reason}")
+        if isinstance(listing_error, s3_probe.BucketMissing):
+            raise _missing_contradiction(lab, bucket, target, f"the bucket listing answered {listing_error.reason}")
         try:
-            size = s3_probe.bucket_size(lab, bucket)
+            size = s3_probe.bucket_size(lab, bucket, max_age_s)
         except ProbeError as cw_error:
             raise type(listing_error or cw_error)(
                 "; ".join([*notes, f"CloudWatch BucketSizeBytes failed: {cw_error.reason}"]), target=target
             ) from None
         if size is None:
+            none = f"CloudWatch has no BucketSizeBytes datapoint in the last {max_age} (s3_size_max_age)"
             if listing_error is not None:
-                raise type(listing_error)("; ".join([*notes, "CloudWatch has no BucketSizeBytes datapoint"
-                                                     " in the last 2 days"]), target=target)
-            raise NoData("; ".join([*notes, "CloudWatch has no BucketSizeBytes datapoint in the last 2 days"]),
-                         target=target)
+                raise type(listing_error)("; ".join([*notes, none]), target=target)
+            raise NoData("; ".join([*notes, none]), target=target)
         value, ts = size
+        age_s = time.time() - ts.timestamp()
+        if age_s > max_age_s:  # a stale reading cannot pass: the bucket may have changed since
+            raise NoData("; ".join([*notes, f"CloudWatch BucketSizeBytes is from {ts.isoformat(timespec='seconds')}, "
+                                    f"{age_s / 3600:.1f} h old: older than s3_size_max_age ({max_age})"]),
+                         target=target)
         return Usage(bucket, int(value), None, f"CloudWatch BucketSizeBytes at {ts.isoformat(timespec='seconds')}",
                      tuple(notes))
 
@@ -312,6 +339,7 @@ class Storage:
         if self.lab.settings.s3_bucket and self.lab.settings.s3_quota_bytes:
             key, fetch, _, _ = _usage_job(self.lab)
             self.lab.start(key, fetch, origin=s3_probe.s3_origin(self.lab))
+            self._start_reach()  # usage is judged against this run's HeadBucket
 
     def _start_request_errors(self, uses: Sequence[Use]) -> None:
         if not self.lab.settings.s3_bucket:
@@ -322,8 +350,29 @@ class Storage:
 
     @fact(lambda s3, uses: s3._start_reach())
     def reach(self) -> Reach:
-        """head_bucket, classified (403 / 404 / network / 5xx); never raises for S3's own failures."""
-        return head_bucket(self.lab)
+        """head_bucket, classified (403 / 404 / network / 5xx); never raises for S3's own failures.
+
+        A 403 is labcheck's own access (UNKNOWN) unless the platform's readiness says storage fails too.
+        """
+        reach = head_bucket(self.lab)
+        if reach.kind == "forbidden":
+            self._refused_unless_platform_fails(f"HeadBucket {reach.bucket}: {reach.describe()}")
+        return reach
+
+    def _refused_unless_platform_fails(self, what: str) -> None:
+        """Raise UNKNOWN for a 403 on labcheck's credentials unless /health/ready reports storage failing."""
+        try:
+            storage = Api(self.lab).readiness().get("storage")
+            status = storage.get("status") if isinstance(storage, dict) else None
+            platform = (f"the platform's /health/ready reports storage {status!r}"
+                        + (f" ({storage.get('detail')})" if isinstance(storage, dict) and storage.get("detail") else ""))
+        except Unknown as exc:
+            status, platform = None, f"the platform's readiness could not be read ({exc.reason})"
+        if status not in (None, "ok"):
+            return  # the platform's own storage fails too: the 403 is the platform's (FAILED)
+        raise ProbeAuthError(f"{what}: AWS access denied to labcheck's own credentials, while {platform}; "
+                             "check labcheck's IAM policy and keys (aws_access_key_id), not the platform",
+                             target=f"S3 bucket {self.bucket}")
 
     @fact(None)  # s3_quota_bytes, else one PromQL query asked when a quota check needs it
     def quota(self) -> tuple[float, str]:
@@ -346,8 +395,17 @@ class Storage:
 
     @fact(lambda s3, uses: s3._start_usage())
     def usage(self) -> Usage:
-        """Bytes in the bucket: a bounded listing, else CloudWatch BucketSizeBytes."""
-        return usage(self.lab)
+        """Bytes in the bucket: a bounded listing, else CloudWatch BucketSizeBytes.
+
+        Never a stale pass: when this run's HeadBucket answered 404, no usage counts (UNKNOWN).
+        """
+        found = usage(self.lab)
+        reach = head_bucket(self.lab)
+        if reach.kind == "missing":
+            raise NoData(f"HeadBucket answered {reach.describe()} in this run: the usage read from {found.source} "
+                         "contradicts it and cannot count (bucket deleted? see check_bucket_reachable)",
+                         target=f"S3 bucket {found.bucket}")
+        return found
 
     @fact(lambda s3, uses: s3._start_request_errors(uses))  # only the metrics the selected checks ask
     def request_errors(self, metric: str) -> ErrorCount:

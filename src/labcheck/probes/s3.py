@@ -104,6 +104,10 @@ def endpoint_name(lab: Lab) -> str:
 # --- errors ----------------------------------------------------------------------------------
 
 
+class BucketMissing(ProbeBadResponse):
+    """The bucket does not exist (HTTP 404 NoSuchBucket)."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """A failed S3 request, classified."""
@@ -171,6 +175,8 @@ def _raise_for(exc: BaseException, target: str, lab: Lab | None = None) -> Probe
         if failure.code == "timeout":
             return ProbeTimeout(failure.describe(), target=target)
         return ProbeUnreachable(failure.describe(), target=target)
+    if failure.kind == "missing":
+        return BucketMissing(failure.describe(), target=target)
     return ProbeBadResponse(failure.describe(), target=target)
 
 
@@ -253,19 +259,19 @@ STORAGE_TYPES = ("StandardStorage", "IntelligentTieringFAStorage", "IntelligentT
                  "StandardIAStorage", "OneZoneIAStorage", "GlacierStorage", "DeepArchiveStorage")
 
 
-def bucket_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
-    """The latest BucketSizeBytes (S3 publishes it daily), summed over storage types, in one call.
+def bucket_size(lab: Lab, bucket: str, seconds: float = 2 * 86400) -> tuple[float, datetime] | None:
+    """The latest BucketSizeBytes (S3 publishes it daily) of the last ``seconds``, summed over storage types.
 
-    One-minute periods over two days stay within get_metric_data's limits and keep the latest
-    datapoint apart from older ones, whatever the publishing interval.
+    One call. One-minute periods over two days stay within get_metric_data's limits and keep the
+    latest datapoint apart from older ones, whatever the publishing interval.
     """
     try:
-        return _bucket_size(lab, bucket)
+        return _bucket_size(lab, bucket, seconds)
     except boto_errors() as exc:
         raise _raise_for(exc, f"CloudWatch {lab.settings.cloudwatch_endpoint or 'AWS'}", lab) from None
 
 
-def _bucket_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
+def _bucket_size(lab: Lab, bucket: str, seconds: float) -> tuple[float, datetime] | None:
     client = cloudwatch_client(lab)
     end = datetime.now(UTC)
     queries = [
@@ -276,7 +282,7 @@ def _bucket_size(lab: Lab, bucket: str) -> tuple[float, datetime] | None:
                         "Period": 60, "Stat": "Average"}}
         for i, storage_type in enumerate(STORAGE_TYPES)
     ]
-    answer = client.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(days=2), EndTime=end,
+    answer = client.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=seconds), EndTime=end,
                                     ScanBy="TimestampDescending")
     latest: list[tuple[datetime, float]] = []
     for result in answer.get("MetricDataResults", []):
