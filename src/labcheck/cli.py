@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     from labcheck.gate import add_arguments as add_gate_command
 
     add_gate_command(subparsers)
+    from labcheck.doctor import add_arguments as add_doctor_command
+
+    add_doctor_command(subparsers)
     return parser
 
 

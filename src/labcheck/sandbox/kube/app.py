@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from labcheck.sandbox.kube import faults
+from labcheck.sandbox.kube import faults, rbac
 from labcheck.sandbox.kube.logs import pod_log
 from labcheck.sandbox.kube.model import (
     CLIENT_USER,
@@ -48,6 +48,7 @@ from labcheck.sandbox.serve import admin_key_ok, fault_params
 log = logging.getLogger("labcheck.sandbox.kube")
 
 HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 class RequestLog:
@@ -228,6 +229,15 @@ def create_app(cfg: KubeConfig, cluster: Cluster | None = None) -> Starlette:
             return _status(401, "Unauthorized", "Unauthorized")
         if "forbidden" in cluster.faults:
             return _forbidden(info, path)
+        if path.rstrip("/") == SSAR_PATH and request.method == "POST":
+            # A question, not a write: answered from deploy/rbac.yaml's rules (sandbox/kube/rbac.py).
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                return _bad_request("the body is not JSON")
+            if not isinstance(body, dict):
+                return _bad_request("the body is not a SelfSubjectAccessReview")
+            return _json(rbac.review(body, cfg.namespace), 201)
         if request.method != "GET":
             return _status(
                 405,
