@@ -48,3 +48,15 @@ class StandIn:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def unsigned_jwt(**claims: Any) -> str:
+    """A JWT-shaped token valid for an hour (labcheck reads exp locally); stand-ins do not verify it."""
+    import base64
+    import time
+
+    def part(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    return ".".join([part({"alg": "HS256", "typ": "JWT"}),
+                     part({"sub": "labcheck", "exp": int(time.time()) + 3600, **claims}), "c2lnbmF0dXJl"])

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from standin import Answer, StandIn
+from standin import Answer, StandIn, unsigned_jwt
 
 CHECKS = "checks/auth.py"
 ALL_CHECKS = ("check_jwt_secret_present[JWT_SECRET]", "check_test_token_accepted",
@@ -32,19 +32,6 @@ def _vector(value: float | None) -> dict[str, Any]:
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
-def _unsigned_jwt(**claims: Any) -> str:
-    """A JWT-shaped token with the given claims (the stand-ins do not verify signatures)."""
-    import base64
-    import json
-    import time
-
-    def part(doc: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
-
-    return ".".join([part({"alg": "HS256", "typ": "JWT"}),
-                     part({"sub": "labcheck", "exp": int(time.time()) + 3600, **claims}), "c2lnbmF0dXJl"])
-
-
 # --- without the sandbox ---------------------------------------------------------------------
 
 
@@ -52,9 +39,9 @@ def _unsigned_jwt(**claims: Any) -> str:
     ("opaque-api-key-1234", "test_token is not a JWT"),
     ("a.b", "test_token is not a JWT"),
     ("eyJhbGciOiJIUzI1NiJ9.!!!notbase64.sig", "test_token is not a JWT"),
-    (_unsigned_jwt(exp="tomorrow"), "exp is not a NumericDate"),
-    (_unsigned_jwt(exp=1_700_000_000), "labcheck's test token expired at 2023-11-14T22:13:20Z; renew it"),
-    (_unsigned_jwt(nbf=4_000_000_000), "is not valid before 2096-10-02T07:06:40Z"),
+    (unsigned_jwt(exp="tomorrow"), "exp is not a NumericDate"),
+    (unsigned_jwt(exp=1_700_000_000), "labcheck's test token expired at 2023-11-14T22:13:20Z; renew it"),
+    (unsigned_jwt(nbf=4_000_000_000), "is not valid before 2096-10-02T07:06:40Z"),
 ])
 def test_an_unusable_token_is_unknown_without_quoting_it(token: str, reason: str) -> None:
     from labcheck.components.auth import usable_token
@@ -69,7 +56,7 @@ def test_an_unusable_token_is_unknown_without_quoting_it(token: str, reason: str
 def test_a_token_without_exp_is_usable() -> None:
     from labcheck.components.auth import token_times, usable_token
 
-    token = _unsigned_jwt(exp=None)
+    token = unsigned_jwt(exp=None)
     assert token_times(token).exp is None
     assert usable_token(token) == token
 
@@ -123,7 +110,7 @@ def test_clock_skew_fails_and_names_ntp(healed: Any) -> None:
 
 def test_an_open_endpoint_is_a_sev1_failure(healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
     api = stand_in(lambda path, query: (200, {"experiments": []}))
-    run = healed.run_checks(CHECKS, "--api-url", api.url, "--set", f"test_token={_unsigned_jwt()}")
+    run = healed.run_checks(CHECKS, "--api-url", api.url, "--set", f"test_token={unsigned_jwt()}")
     check = run.check("check_request_without_token_rejected")
     assert check["outcome"] == "failed"
     assert "open to anyone" in check["message"]

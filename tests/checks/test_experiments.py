@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from labcheck.components.experiments import experiments_shape_problems
-from standin import StandIn
+from standin import StandIn, unsigned_jwt
 
 CHECKS = "checks/experiments.py"
 ALL_CHECKS = ("check_experiments_list_answers", "check_no_experiment_stuck")
@@ -88,14 +88,14 @@ def test_workers_unavailable_fails(healed: Any) -> None:
 
 def test_unexpected_shape_fails(healed: Any, bad_shape_api: StandIn) -> None:
     run = healed.run_checks(CHECKS, "-k", "list_answers", "--api-url", bad_shape_api.url,
-                            "--set", "test_token=t0ken-for-the-stand-in")
+                            "--set", f"test_token={unsigned_jwt()}")
     check = run.check("check_experiments_list_answers")
     assert check["outcome"] == "failed" and "'experiments' list" in check["message"]
 
 
 def test_long_running_experiment_with_progress_is_not_stuck(healed: Any, slow_but_alive_api: StandIn) -> None:
     run = healed.run_checks(CHECKS, "-k", "stuck", "--api-url", slow_but_alive_api.url,
-                            "--set", "test_token=t0ken-for-the-stand-in")
+                            "--set", f"test_token={unsigned_jwt()}")
     assert run.outcome("check_no_experiment_stuck") == "passed"
 
 
