@@ -21,7 +21,9 @@ def check_experiment_dry_run_submission(experiment_canary, canary_enabled, expec
         raise sub.error  # the API does not answer: the API gateway checks own that
     status = sub.result.status
     if status in NOT_OFFERED:
-        pytest.skip(f"the platform API does not offer a dry-run submission: POST {sub.url} answered HTTP {status}")
+        # UNKNOWN, not skipped: a canary that cannot submit must show, in the verdict and the pushed metrics.
+        raise NoData(f"the API offers no dry-run endpoint: HTTP {status}; submissions are not checked",
+                     target=f"POST {sub.url}")
     if status in (401, 403):
         raise NoData(f"HTTP {status}: the test token was refused (see the auth checks)", target=sub.url)
     problems = []

@@ -15,9 +15,10 @@ def _over_text(over, fmt):
 @pytest.mark.scenario("high-error-rate")
 @pytest.mark.history
 def check_error_ratio_history_below_sev2(history, settings, expect):
-    # The playbook's Phase 3: "monitor error rates for 15 minutes", read back from Prometheus.
+    # The playbook's Phase 3: "monitor error rates for 15 minutes", read back from Prometheus. A
+    # minute above the high-error-rate scenario's 5% is still that scenario, though under SEV-2's 10%.
     signal = history.error_ratio()
-    limit = settings.error_ratio_sev2
+    limit = settings.history_error_ratio
     over = signal.over(limit)
     if not over:
         signal.require_complete()  # a minute over fails at once; a clean but short window is UNKNOWN

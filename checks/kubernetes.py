@@ -192,18 +192,45 @@ def check_deployment_has_desired_replicas_available(kube, deployment, expect):
            detail=_conditions(st))
 
 
+def _rollout_gaps(current, history):
+    """What the rollout history lacks for the running revision (``current``; None: the newest)."""
+    if not history:
+        return ["no replicaset of the deployment carries a revision: the rollout history is empty"]
+    number = current if current is not None else history[-1].number
+    found = [r for r in history if r.number == number]
+    if not found:
+        return [f"the deployment runs revision {number}, which no replicaset records "
+                f"(recorded: {', '.join(str(r.number) for r in history)})"]
+    gaps = []
+    if not any(found[0].images):
+        gaps.append(f"revision {number} names no container image")
+    if found[0].created is None:
+        gaps.append(f"revision {number} has no creation time")
+    return gaps
+
+
 @pytest.mark.workload(api="sev4", workers="sev4")
 def check_recent_rollout_is_recorded(kube, deployment, settings, expect):
-    # Information, never a failure (so the lowest severity): a rollout younger than
-    # rollout_window_s is recorded as a fact; when sev1/sev2 checks fail in the same run, the
-    # verdict names it as a suspect with the `kubectl rollout undo --to-revision` command.
-    rollout = kube.latest_rollout(deployment)
+    # The playbook's "check if recent deployment" step (kubectl rollout history) and its first
+    # mitigation ("if recent deployment -> rollback") need the running revision in the history,
+    # with its image and when it rolled out. A history that lacks it FAILS: the listing was read,
+    # so the gap is the platform's, and an operator could neither tell a recent rollout nor roll it
+    # back. SEV-4: no user is hurt by it. A rollout younger than rollout_window_s is recorded as a
+    # fact; when sev1/sev2 checks fail in the same run, the verdict names it as a suspect.
+    gaps = _rollout_gaps(kube.deployment_status(deployment)["revision"], kube.rollout_history(deployment))
     window = float(settings.rollout_window_s)
-    recent = rollout.age_s is not None and rollout.age_s < window
-    expect.fact("recent_deployment", recent)
-    if recent:
-        expect.fact("recent_rollout", rollout.fact())
-    expect(True, target=f"rollout history of deployment/{deployment} in namespace {kube.namespace}",
-           observed=f"revision {rollout.revision} ({rollout.image}) rolled out {rollout.age_text} ago"
-                    + (" (recent)" if recent else ""),
-           threshold=f"information: a rollout younger than {window:g} s is a suspect when sev1/sev2 checks fail")
+    observed = "; ".join(gaps)
+    if not gaps:
+        rollout = kube.latest_rollout(deployment)
+        recent = rollout.age_s is not None and rollout.age_s < window
+        expect.fact("recent_deployment", recent)
+        if recent:
+            expect.fact("recent_rollout", rollout.fact())
+        observed = (f"revision {rollout.revision} ({rollout.image}) rolled out {rollout.age_text} ago"
+                    + (" (recent)" if recent else ""))
+    expect(not gaps, target=f"rollout history of deployment/{deployment} in namespace {kube.namespace}",
+           observed=observed,
+           threshold="the running revision recorded with its image and rollout time "
+                     f"(a rollout younger than {window:g} s is a suspect when sev1/sev2 checks fail)",
+           detail="without it the playbook's 'recent deployment?' question has no answer and "
+                  "`kubectl rollout undo` has no known revision to go back to" if gaps else "")

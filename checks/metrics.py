@@ -20,9 +20,10 @@ DEPENDENTS = {
 def check_prometheus_ready(prom, expect):
     # Prometheus not answering *is* the condition here (like the API's /health), so it fails;
     # the checks that read Prometheus report UNKNOWN instead.
-    attempt = prom.ready()
+    attempt = prom.ready()  # an HTTP 200 that is not Prometheus's answer comes back with no result
     ok = attempt.result is not None and attempt.result.status == 200
-    expect(ok, target=f"GET {attempt.url}", observed=attempt.describe(), threshold="HTTP 200",
+    expect(ok, target=f"GET {attempt.url}", observed=attempt.describe(),
+           threshold="HTTP 200 with Prometheus's ready answer ('Prometheus Server is Ready.')",
            detail="while Prometheus is down, every check that reads it is a blind spot",
            evidence=attempt.result.exchange() if attempt.result else None)
 

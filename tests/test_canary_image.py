@@ -208,7 +208,8 @@ def test_dry_run_canary_fails_when_submissions_fail(healed: Any) -> None:
 
 
 @pytest.mark.parametrize("status, body, outcome, text", [
-    (405, {"detail": "Method Not Allowed"}, "skipped", "does not offer a dry-run submission"),
+    (404, {"detail": "Not Found"}, "unknown", "the API offers no dry-run endpoint: HTTP 404"),
+    (405, {"detail": "Method Not Allowed"}, "unknown", "the API offers no dry-run endpoint: HTTP 405"),
     (201, {"id": 7, "name": "x", "state": "queued"}, "failed", "ignored dry_run=true and may have created an "
                                                                "experiment (id 7): delete it"),
     (422, {"dry_run": True, "valid": False, "errors": ["name"]}, "failed", "HTTP 422"),

@@ -60,7 +60,11 @@ def test_gauges_follow_the_verdict() -> None:
     assert 'labcheck_check_unknown{check="checks/a.py::check_blind",component="api_gateway",scenario="",severity="sev1"} 1.0' in text
     assert f"labcheck_check_unknown{{{bad}}} 0.0" in text
     assert f"labcheck_check_duration_seconds{{{bad}}} 0.25" in text
-    assert "check_off" not in text  # skipped: it did not run
+    # skipped: it did not run, but it does not vanish
+    assert 'labcheck_check_skipped{check="checks/a.py::check_off",component="api_gateway",scenario="",severity="sev2"} 1.0' in text
+    assert 'labcheck_check_success{check="checks/a.py::check_off"' not in text
+    assert 'labcheck_check_unknown{check="checks/a.py::check_off"' not in text
+    assert f"labcheck_check_skipped{{{bad}}} 0.0" in text
     assert "labcheck_incident_severity 2.0" in text
     assert "labcheck_run_duration_seconds 4.5" in text
     assert "labcheck_last_run_timestamp_seconds 1.7684730e+09" in text or \

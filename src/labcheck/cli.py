@@ -174,7 +174,9 @@ def cmd_sandbox_fault(args: argparse.Namespace) -> int:
             raise UsageError(f"--param expects K=V, got {item!r}")
         params[key.strip()] = manager.parse_param_value(value)
     answers = manager.fault(args.name, params, dir=args.dir)
-    shown = f" {json.dumps(params)}" if params else ""
+    from labcheck.evidence import mask_params
+
+    shown = f" {json.dumps(mask_params(params))}" if params else ""  # never echo a secret parameter
     print(f"fault {args.name}{shown} injected on {', '.join(answers)}")
     return EXIT_OK
 

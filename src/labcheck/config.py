@@ -240,6 +240,9 @@ KEYS: dict[str, Key] = {
         Key("error_ratio_sev1", _ratio, 0.5, "5xx ratio at which the API counts as unavailable"),
         Key("error_ratio_sev2", _ratio, 0.10, "Overall 5xx ratio: >10% is SEV-2"),
         Key("endpoint_error_ratio_sev3", _ratio, 0.05, "5xx ratio on any single endpoint: >5% is SEV-3"),
+        Key("history_error_ratio", _ratio, 0.05,
+            "5xx ratio no minute of history may exceed after a mitigation: the playbook's high-error-rate "
+            "scenario starts above 5%"),
         Key("p95_latency_s", _positive, 2.0, "p95 latency threshold, seconds"),
         Key("db_headroom_sev2", _ratio, 0.80, "Connections in use / available: SEV-2 at this ratio"),
         Key("db_headroom_sev1", _ratio, 0.95, "Connections in use / available: SEV-1 at this ratio"),

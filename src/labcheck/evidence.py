@@ -24,6 +24,10 @@ def mask_dsn(text: str) -> str:
 _SECRET_KEY = (r"[A-Z0-9_.\-]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|ADMIN_?KEY|PRIVATE_?KEY)"
                r"[A-Z0-9_\-]*")
 
+# Words that follow a secret's label in labcheck's own messages and in presence reports: what was
+# observed about the secret, never its value.
+_NOT_A_VALUE = "observed|missing|empty|non-empty|present|absent|unset|not set|not found|none"
+
 # Patterns for secrets we were not told about. Each keeps its first group
 # (the label) and masks the rest.
 _PATTERNS = [
@@ -34,10 +38,13 @@ _PATTERNS = [
     # "key": "value" (JSON): the quoted string only, so redacted JSON stays valid JSON
     re.compile(rf"(?i)(\"{_SECRET_KEY}\"\s*:\s*\")[^\"]+(?=\")"),
     # KEY: value (YAML, headers, env dumps) where the key looks like an identifier, not prose:
-    # JWT_SECRET: x, db-password: x, TOKEN: x. A bare JSON literal or number is left alone.
+    # JWT_SECRET: x, db-password: x, TOKEN: x. The value is on the label's line: a label that ends
+    # its line, or that labcheck's own prose follows ("key JWT_SECRET: observed missing"), has no
+    # value, and the next word is kept. A bare JSON literal or number is left alone.
     re.compile(rf"\b((?:[A-Za-z0-9]+[_\-]{_SECRET_KEY}|{_SECRET_KEY}[_\-][A-Za-z0-9_\-]+|password|passwd|"
-               rf"(?-i:[A-Z0-9_]*(?:PASSWORD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY)[A-Z0-9_]*))\s*:\s*)"
-               rf"(?!(?:true|false|null)\b)(?![\d{{\[\"'-])[^\s,;}}\]]+", re.IGNORECASE),
+               rf"(?-i:[A-Z0-9_]*(?:PASSWORD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY)[A-Z0-9_]*))[ \t]*:[ \t]*)"
+               rf"(?!(?:true|false|null|{_NOT_A_VALUE})(?:[\s,;}}\]]|$))(?![\d{{\[\"'-])[^\s,;}}\]]+",
+               re.IGNORECASE),
     # Authorization headers
     re.compile(r"(?i)\b((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=\-]{8,}"),
     re.compile(r"(?i)\b(X-Admin-Key\s*[:=]\s*)\S+"),
@@ -46,6 +53,14 @@ _PATTERNS = [
     # AWS access key ids
     re.compile(r"()\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
 ]
+
+
+_SECRET_NAME = re.compile(rf"(?i)^{_SECRET_KEY}$")
+
+
+def mask_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as they may be shown: the value of each one whose name looks secret masked."""
+    return {k: MASK if _SECRET_NAME.match(k) else v for k, v in params.items()}
 
 
 class Redactor:

@@ -44,6 +44,9 @@ def build_registry(data: Mapping[str, Any]) -> CollectorRegistry:
                     CHECK_LABELS, registry=registry)
     unknown = Gauge("labcheck_check_unknown", "1 when the check could not check (UNKNOWN), else 0.",
                     CHECK_LABELS, registry=registry)
+    skipped = Gauge("labcheck_check_skipped",
+                    "1 when the selected check did not run (skipped, e.g. a write canary that is off), else 0.",
+                    CHECK_LABELS, registry=registry)
     duration = Gauge("labcheck_check_duration_seconds", "How long the check took.",
                      CHECK_LABELS, registry=registry)
     severity = Gauge("labcheck_incident_severity", "0 when no check failed, else the incident severity 1..4.",
@@ -53,9 +56,12 @@ def build_registry(data: Mapping[str, Any]) -> CollectorRegistry:
                  registry=registry)
     for check in data.get("checks", []):
         outcome = check.get("outcome")
-        if outcome not in ("passed", "failed", "unknown"):
-            continue  # skipped (e.g. a write canary that is off): it did not run
         labels = _labels(check)
+        # Every selected check leaves a series: one that did not run shows as skipped, so an alert
+        # on labcheck_check_skipped catches a check switched off unseen (UNKNOWN is pushed too).
+        skipped.labels(**labels).set(0 if outcome in ("passed", "failed", "unknown") else 1)
+        if outcome not in ("passed", "failed", "unknown"):
+            continue
         if outcome != "unknown":
             success.labels(**labels).set(1 if outcome == "passed" else 0)
         unknown.labels(**labels).set(1 if outcome == "unknown" else 0)

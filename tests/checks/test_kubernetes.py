@@ -228,6 +228,28 @@ def test_recent_rollout_alone_is_information(healed):
     assert run.triage["severity"] is None and run.triage["suspects"] == []
 
 
+def _revision(number, images=("registry/llm-research-api:v1",), created=1.0):
+    from labcheck.components.kubernetes import Revision
+
+    return Revision(number=number, replicaset=f"rs-{number}", images=images, created=created,
+                    change_cause="", replicas=1)
+
+
+@pytest.mark.parametrize("current, history, gaps", [
+    (2, [_revision(1), _revision(2)], []),
+    (None, [_revision(1)], []),
+    (None, [], ["no replicaset of the deployment carries a revision: the rollout history is empty"]),
+    (3, [_revision(1), _revision(2)], ["the deployment runs revision 3, which no replicaset records (recorded: 1, 2)"]),
+    (1, [_revision(1, images=(), created=None)],
+     ["revision 1 names no container image", "revision 1 has no creation time"]),
+])
+def test_a_rollout_history_without_the_running_revision_fails(current, history, gaps):
+    # check_recent_rollout_is_recorded can fail: a gap in the history is FAILED (the listing was read).
+    from checks.kubernetes import _rollout_gaps
+
+    assert _rollout_gaps(current, history) == gaps
+
+
 def test_recent_rollout_with_error_rate_is_the_suspect(healed):
     healed.fault("recent-rollout")
     healed.fault("error-rate", share=0.3)

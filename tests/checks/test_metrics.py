@@ -109,6 +109,37 @@ def test_missing_application_series_fail_here_and_are_unknown_where_read(
     assert run.triage["severity"] == "SEV-3"
 
 
+def _html_page(path: str, query: str) -> tuple[int, Any]:
+    """A web server that answers every path with an HTML page and HTTP 200, as a misrouted ingress does."""
+    return 200, (b"<!doctype html><html><body>Welcome to nginx!</body></html>", "text/html")
+
+
+def _compatible_server(path: str, query: str) -> tuple[int, Any]:
+    """A Prometheus-compatible server: its own ready wording, Prometheus's query API."""
+    if path == "/-/ready":
+        return 200, (b"OK", "text/plain")
+    return _empty_prometheus(path, query)
+
+
+@pytest.mark.parametrize(("answer", "outcome", "text"), [
+    (_html_page, "failed", "HTTP 200 text/html, not Prometheus's ready answer"),
+    (_compatible_server, "passed", "HTTP 200 in"),
+    (_empty_prometheus, "passed", "HTTP 200 in"),
+])
+def test_ready_passes_only_on_prometheus_s_answer(healed: Any, answer: Any, outcome: str, text: str) -> None:
+    standin = StandIn(answer)
+    try:
+        run = healed.run_checks(CHECKS, "-k", "ready", "--prometheus-url", standin.url)
+    finally:
+        standin.close()
+    ready = run.check("check_prometheus_ready")
+    assert ready["outcome"] == outcome, ready
+    assert text in (ready["message"] or ready["observed"][0]["observed"])
+    if outcome == "failed":
+        assert "Welcome to nginx!" in ready["message"]  # what was seen, named
+        assert run.triage["severity"] == "SEV-3"
+
+
 def test_stale_scrapes_fail(healed: Any, empty_prometheus: StandIn) -> None:
     # The stand-in's only target was last sampled 3 s ago: fresh at 15 s, stale at a factor of 0.1.
     args = (CHECKS, "-k", "fresh", "--prometheus-url", empty_prometheus.url)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,50 @@ class Rates:
 
     def worst(self, n: int = 5) -> list[tuple[str, float]]:
         return sorted(self.ratios().items(), key=lambda kv: kv[1], reverse=True)[:n]
+
+
+@dataclass(frozen=True)
+class Unrecognised(http.Attempt):
+    """The target answered, but not with the answer this kind of target gives: a bare 200 is not health.
+
+    ``result`` stays None, so a check that asks for an answer fails; ``seen`` keeps what came back.
+    """
+
+    seen: http.HttpResult | None = None
+
+    def describe(self) -> str:
+        if self.seen is None or self.error is None:
+            return super().describe()
+        snippet = " ".join(self.seen.text[:80].split())
+        return f"{self.error.reason} (in {self.seen.elapsed_s:.3f} s): {snippet!r}"
+
+
+def identify(attempt: http.Attempt, expected: str, mismatch: Callable[[http.HttpResult], str | None]) -> http.Attempt:
+    """The attempt when its HTTP 200 is the target's own answer (``mismatch`` returns None), else ``Unrecognised``.
+
+    ``mismatch`` says why not ("" when the kind of answer says it all); ``expected`` names the answer.
+    """
+    seen = attempt.result
+    if seen is None or seen.status != 200:
+        return attempt  # no answer, or a status the check already judges
+    why = mismatch(seen)
+    if why is None:
+        return attempt
+    kind = seen.headers.get("content-type", "no content type").split(";")[0].strip()
+    reason = f"HTTP {seen.status} {kind}, not {expected}" + (f" ({why})" if why else "")
+    return Unrecognised(attempt.url, None, ProbeBadResponse(reason, target=attempt.url), seen=seen)
+
+
+def health_mismatch(seen: http.HttpResult) -> str | None:
+    """Why an HTTP 200 from /health is not the platform API's health body; None when it is."""
+    try:
+        doc = seen.json()
+    except ProbeBadResponse:
+        return "the body is not JSON"
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if status == "ok":
+        return None
+    return f"the body says status {status!r}" if isinstance(doc, dict) else "the body is not a JSON object"
 
 
 def p95_query(window: str) -> str:
@@ -95,7 +139,8 @@ class Api:
 
     @fact(lambda api, uses: api._start_path("/health"))
     def health(self) -> http.Attempt:
-        return self.attempt("/health")
+        """GET /health: an answer counts only when it is the API's JSON health body."""
+        return identify(self.attempt("/health"), 'the API\'s health answer {"status": "ok"}', health_mismatch)
 
     @fact(lambda api, uses: api._start_path("/health/ready"))
     def readiness(self) -> dict[str, Any]:

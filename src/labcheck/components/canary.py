@@ -18,7 +18,8 @@ from labcheck.lab import Lab
 from labcheck.prefetch import component, fact
 from labcheck.probes import http
 
-# Answers that mean "this API has no such endpoint" rather than "the endpoint is broken".
+# Answers that mean "this API has no such endpoint" rather than "the endpoint is broken": the
+# canary cannot check, so it is UNKNOWN (never skipped, which would switch it off unseen).
 NOT_OFFERED = (404, 405, 501)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from labcheck.components import parameter
+from labcheck.components.api_gateway import identify
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
 from labcheck.lab import Lab
@@ -57,6 +58,22 @@ class Freshness:
 
 UP_AGE = "time() - timestamp(up)"  # seconds since each target's last `up` sample
 
+# What Prometheus answers on /-/ready when ready ("Prometheus Server is Ready." since 2.x, "Prometheus
+# is Ready." before); a server that words it otherwise counts when its query API answers as Prometheus's does.
+READY_TEXT = re.compile(r"Prometheus (?:Server )?is Ready\.?")
+IDENTITY_QUERY = "vector(1)"
+
+
+def _is_query_answer(attempt: http.Attempt) -> bool:
+    """Whether a query answer is Prometheus's own: HTTP 200 with JSON status "success"."""
+    if attempt.result is None or attempt.result.status != 200:
+        return False
+    try:
+        doc = attempt.result.json()
+    except ProbeBadResponse:
+        return False
+    return isinstance(doc, dict) and doc.get("status") == "success"
+
 
 @component("prom")
 class PrometheusStatus:
@@ -96,8 +113,16 @@ class PrometheusStatus:
 
     @fact(lambda prom, uses: prom._start_get(prom._ready_url))
     def ready(self) -> http.Attempt:
-        """GET /-/ready; no answer is returned as the observation."""
-        return http.attempt(self.lab, self._ready_url)
+        """GET /-/ready; no answer is returned as the observation, and so is an answer not Prometheus's."""
+
+        def mismatch(seen: http.HttpResult) -> str | None:
+            if READY_TEXT.fullmatch(seen.text.strip()):
+                return None
+            # Not the ready text: Prometheus's own query answer still identifies it (a compatible server).
+            query = http.attempt(self.lab, f"{self.base}/api/v1/query?query={IDENTITY_QUERY}")
+            return None if _is_query_answer(query) else ""
+
+        return identify(http.attempt(self.lab, self._ready_url), "Prometheus's ready answer", mismatch)
 
     @fact(lambda prom, uses: prom._start_get(prom._targets_url))
     def targets(self) -> list[ScrapeTarget]:
