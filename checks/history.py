@@ -24,10 +24,10 @@ def check_error_ratio_history_below_sev2(history, settings, expect):
         signal.require_complete()  # a minute over fails at once; a clean but short window is UNKNOWN
     worst = signal.worst()
     expect(not over, target=signal.span(),
-           observed=f"worst minute {worst.label}: {worst.value:.1%}"
+           observed=f"worst minute {worst.label}: {worst.value:.2%}"
                     + (f" ({len(over)} of {len(signal.minutes)} minutes over)" if over else ""),
            threshold=f"<= {limit:.0%} in every minute",
-           detail=_over_text(over, lambda v: f"{v:.1%}") if over else "",
+           detail=_over_text(over, lambda v: f"{v:.2%}") if over else "",
            evidence=signal.evidence(limit))
 
 
