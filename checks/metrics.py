@@ -24,6 +24,7 @@ def check_prometheus_ready(prom, expect):
     ok = attempt.result is not None and attempt.result.status == 200
     expect(ok, target=f"GET {attempt.url}", observed=attempt.describe(), threshold="HTTP 200",
            detail="while Prometheus is down, every check that reads it is a blind spot",
+           condition="prometheus_down",
            evidence=attempt.result.exchange() if attempt.result else None)
 
 
