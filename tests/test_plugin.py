@@ -114,6 +114,11 @@ def check_cannot_see():
 @pytest.mark.database
 def check_broken_probe():
     {}["missing"]
+"""
+
+# A probe's own assert (UNKNOWN), and an observed condition picking the scenario.
+MORE_CHECKS = """
+import pytest
 
 def _probe():
     assert False, "a probe's own sanity assert"
@@ -135,7 +140,7 @@ def check_refused(expect):
 
 def test_failed_unknown_and_passed_are_told_apart(pytester: pytest.Pytester) -> None:
     pytester.mkdir("checks")
-    pytester.path.joinpath("checks", "test_mix.py").write_text(CHECKS)
+    pytester.path.joinpath("checks", "test_mix.py").write_text(CHECKS + MORE_CHECKS)
     result = run(pytester, "checks", "-rA")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([

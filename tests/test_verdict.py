@@ -522,3 +522,17 @@ def test_a_healthy_run_writes_the_resolution_status(pytester: pytest.Pytester) -
     assert incident.startswith("**INCIDENT RESOLVED**")
     assert "- PASSED SEV-1 checks/test_ok.py::check_connection_headroom: PostgreSQL primary connections in use" in incident
     assert incident.count("- PASSED ") == 4
+
+
+def test_resolution_only_with_sev1_and_sev2_coverage() -> None:
+    docs = check("check_docs_answers", "docs", 4, outcome="passed")
+    blind = [check(f"check_s{n}", "storage", 2, "storage-failure", outcome="unknown", message="timed out")
+             for n in (1, 2)]
+    data = build(docs, *blind)
+    assert data["severity"] is None and data["verified"] is False
+    text = verdict.incident_markdown(data)
+    assert text.startswith("**STATUS: NOT VERIFIED**\n\nNo failing checks among 1 that ran; 2 sev1/sev2 checks "
+                           "could not run: not verified.\n- could not run: SEV-2 checks/storage.py::check_s1")
+    assert "INCIDENT RESOLVED" not in text
+    assert build(HEALTHY)["verified"] is True
+    assert build(API_5XX)["verified"] is False
