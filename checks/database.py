@@ -9,15 +9,15 @@ from labcheck.errors import NoData
 
 @pytest.mark.sev1
 @pytest.mark.database
-@pytest.mark.scenario("db-connection-exhaustion")
+@pytest.mark.scenario("database-unreachable")
 def check_database_accepts_connections(db, settings, expect):
-    # The marker is static; the message says which kind of failure it was, and only
-    # "too many clients" is connection exhaustion. The others (refused, timed out, auth
-    # failed, database missing, unreachable) still make the primary unavailable: SEV-1.
+    # The kind of failure is the condition observed, and it picks the scenario: only "too many
+    # clients" is connection exhaustion; refused, timed out and unreachable are the primary
+    # unreachable. Every kind makes the primary unavailable: SEV-1.
     attempt = db.attempt()
     expect(attempt.ok, target=f"connect to {attempt.target}", observed=attempt.describe(),
            threshold=f"a read-only session within the {settings.connect_s:g} s connect timeout",
-           detail=_connect_advice(attempt.kind),
+           detail=_connect_advice(attempt.kind), condition=CONNECT_CONDITIONS.get(attempt.kind),
            evidence={"target": attempt.target, "kind": attempt.kind, "message": attempt.message,
                      "elapsed_s": round(attempt.elapsed_s, 3)})
 
@@ -99,6 +99,8 @@ def check_no_blocking_locks(db, settings, expect):
     for b in blocked:
         for pid in b.blocked_by:
             victims.setdefault(pid, []).append(b)
+    holders = activity.lock_holders(blocked)
+    expect.fact("lock_holder", holders)
     lines = []
     for pid, waiting in sorted(victims.items(), key=lambda kv: -len(kv[1])):
         blocker = activity.pid(pid)
@@ -111,6 +113,7 @@ def check_no_blocking_locks(db, settings, expect):
     expect(not blocked, target=f"{activity.target} sessions waiting on another session's lock",
            observed=f"{len(blocked)} blocked longer than {limit_s:g} s by {len(victims)} session(s)",
            threshold="none", detail="\n".join(lines),
+           condition="lock_holder_found" if holders else None,
            evidence={"blocked": [b.row() for b in blocked],
                      "blockers": [activity.pid(p).row() for p in victims if activity.pid(p) is not None]})
 
@@ -152,6 +155,15 @@ def _headroom(activity, ratio, expect):
            detail=f"by state: {_counts(activity.by_state().items())}\n"
                   f"top application_name@client_addr: {_counts(activity.top_clients())}",
            evidence=[b.row() for b in clients])
+
+
+# What a failed connection attempt observed (labcheck.verdict.conditions names the scenario of each).
+CONNECT_CONDITIONS = {
+    "too many clients": "too_many_clients",
+    "refused": "db_refusing_connections",
+    "timed out": "db_connect_timeout",
+    "unreachable": "db_unreachable",
+}
 
 
 def _connect_advice(kind):

@@ -25,6 +25,7 @@ def check_prometheus_ready(prom, expect):
     expect(ok, target=f"GET {attempt.url}", observed=attempt.describe(),
            threshold="HTTP 200 with Prometheus's ready answer ('Prometheus Server is Ready.')",
            detail="while Prometheus is down, every check that reads it is a blind spot",
+           condition="prometheus_down",
            evidence=attempt.result.exchange() if attempt.result else None)
 
 

@@ -116,26 +116,56 @@ def check_broken_probe():
     {}["missing"]
 """
 
+# A probe's own assert (UNKNOWN), and an observed condition picking the scenario.
+MORE_CHECKS = """
+import pytest
+
+def _probe():
+    assert False, "a probe's own sanity assert"
+
+@pytest.mark.sev2
+@pytest.mark.database
+def check_probe_asserts(expect):
+    _probe()
+    expect(True, target="x", observed="y", threshold="z")
+
+@pytest.mark.sev1
+@pytest.mark.database
+@pytest.mark.scenario("db-connection-exhaustion")
+def check_refused(expect):
+    expect(False, target="connect to db", observed="refused", threshold="a session",
+           condition="db_refusing_connections")
+"""
+
 
 def test_failed_unknown_and_passed_are_told_apart(pytester: pytest.Pytester) -> None:
     pytester.mkdir("checks")
-    pytester.path.joinpath("checks", "test_mix.py").write_text(CHECKS)
+    pytester.path.joinpath("checks", "test_mix.py").write_text(CHECKS + MORE_CHECKS)
     result = run(pytester, "checks", "-rA")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([
-        "*1 failed, 1 passed, 2 unknown*",
+        "*2 failed, 1 passed, 3 unknown*",
     ])
-    result.stdout.fnmatch_lines(["*labcheck triage*", "INCIDENT SEVERITY: SEV-2*"])
+    result.stdout.fnmatch_lines(["*labcheck triage*", "INCIDENT SEVERITY: SEV-1*"])
     data = triage(pytester)
-    assert data["severity"] == "SEV-2"
+    assert data["severity"] == "SEV-1"
     outcomes = {c["nodeid"].split("::")[1]: c["outcome"] for c in data["checks"]}
+    # Only expect fails a check: an AssertionError inside a probe is UNKNOWN.
     assert outcomes == {"check_ok": "passed", "check_errors": "failed", "check_cannot_see": "unknown",
-                        "check_broken_probe": "unknown"}
+                        "check_broken_probe": "unknown", "check_probe_asserts": "unknown",
+                        "check_refused": "failed"}
+    asserts = next(c for c in data["checks"] if c["nodeid"].endswith("check_probe_asserts"))
+    assert "AssertionError: a probe's own sanity assert" in asserts["message"]
+    # The observed condition, not the marker, picks the scenario.
+    refused = next(c for c in data["checks"] if c["nodeid"].endswith("check_refused"))
+    assert refused["condition"] == "db_refusing_connections" and refused["scenario"] == "database-unreachable"
+    assert "condition db_refusing_connections; scenario database-unreachable" in refused["message"]
+    assert data["probable_cause"]["scenario"] == "database-unreachable"
     errors = next(c for c in data["checks"] if c["nodeid"].endswith("check_errors"))
     assert errors["component"] == "api_gateway" and errors["severity"] == "SEV-2"
     assert errors["scenario"] == "high-error-rate"
     assert "observed 20.0%; threshold <= 10%; scenario high-error-rate" in errors["message"]
-    assert [s["id"] for s in data["scenarios"]] == ["high-error-rate"]
+    assert [s["id"] for s in data["scenarios"]] == ["database-unreachable", "high-error-rate"]
     assert data["scenarios"][0]["mitigation"], "mitigation steps listed"
     blind = {b["nodeid"].split("::")[1]: b["reason"] for b in data["blind_spots"]}
     assert blind["check_cannot_see"] == "http://prometheus: timed out after 5 s waiting for a response"

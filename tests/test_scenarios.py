@@ -13,6 +13,8 @@ from labcheck.scenarios import load_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "scenarios"
+# Conditions the playbook has no scenario for: their own entries, steps from the playbook's phases.
+CONDITION_IDS = {"database-unreachable", "api-not-answering", "prometheus-down", "blocking-lock"}
 PLAYBOOK_IDS = {"high-error-rate", "high-latency", "db-connection-exhaustion", "pod-crash-loop",
                 "storage-failure", "auth-failure"}
 
@@ -32,8 +34,10 @@ def copy_catalogue(tmp_path: Path) -> Path:
 
 def test_the_shipped_catalogue_holds_every_playbook_scenario_completely() -> None:
     cat = load_catalogue(SCENARIOS)
-    assert set(cat.scenarios) == PLAYBOOK_IDS
+    assert set(cat.scenarios) == PLAYBOOK_IDS | CONDITION_IDS
     for sc in cat.scenarios.values():
+        if sc.id in CONDITION_IDS:
+            continue
         assert sc.title and sc.symptoms and sc.mitigation, sc.id
         assert sc.investigation and all(s.command for s in sc.investigation), sc.id
         assert sc.playbook and sc.playbook.startswith("PLAYBOOK.md#scenario-"), sc.id
@@ -43,6 +47,23 @@ def test_the_shipped_catalogue_holds_every_playbook_scenario_completely() -> Non
     oom = [s for s in cat.scenarios["pod-crash-loop"].mitigation if s.when == "oom_killed"]
     assert oom and "memory" in oom[0].text.lower()
     assert [s.text for s in cat.generic][:2] == ["Rollback if recent deployment", "Scale up if capacity issue"]
+
+
+def test_condition_entries_take_their_steps_from_the_playbook_not_from_other_scenarios() -> None:
+    from labcheck.verdict.conditions import CONDITIONS
+
+    cat = load_catalogue(SCENARIOS)
+    assert set(CONDITIONS.values()) <= set(cat.scenarios)
+    others = {s.text for sid in PLAYBOOK_IDS for s in cat.scenarios[sid].mitigation}
+    for sid in CONDITION_IDS:
+        sc = cat.scenarios[sid]
+        assert sc.title and sc.symptoms and sc.mitigation and sc.investigation, sid
+        assert sc.playbook and sc.playbook.startswith("PLAYBOOK.md#"), sid
+        assert not {s.text for s in sc.mitigation} & others, f"{sid} borrows another scenario's steps"
+    unreachable = [s.text for s in cat.scenarios["database-unreachable"].mitigation]
+    assert not any("idle" in t.lower() for t in unreachable)
+    assert any("Failover database" in t for t in unreachable)
+
     # Severity data: classification, impact matrix, escalation matrix, dependency graph.
     sev = cat.severity
     assert [sev.levels[n].response_time for n in ("SEV-1", "SEV-2", "SEV-3", "SEV-4")] == [

@@ -205,9 +205,22 @@ def test_a_failure_without_scenario_gets_the_generic_mitigations() -> None:
     data = build(health)
     assert data["probable_cause"]["label"] == "api_gateway (no playbook scenario)"
     generic = [s["step"] for s in data["next_steps"] if s["scenario"] == "generic"]
-    assert generic[:2] == ["Rollback if recent deployment", "Scale up if capacity issue"]
+    # Only the steps what failed calls for: no load signal failed, so no "scale up"; no DB cause, no failover.
+    assert generic == ["Rollback if recent deployment"]
+    dropped = {d["step"]: d["because"] for d in data["dropped_steps"]}
+    assert dropped["Scale up if capacity issue"].startswith("capacity_issue = false (derived: failing load signals")
+    assert dropped["Failover database if DB issue (requires DBA involvement for RDS failover)"].startswith(
+        "db_issue = false (derived")
+    loaded = build(API_5XX, health)
     assert any(s["command"] == "kubectl scale deployment {api_deployment} -n {namespace} --replicas=10"
-               for s in data["next_steps"] if s.get("command", "").startswith("kubectl scale"))
+               for s in loaded["next_steps"] if s.get("command", "").startswith("kubectl scale"))
+
+
+def test_only_metrics_failing_gives_no_api_scaling_nor_database_failover() -> None:
+    data = build(check("check_scrape_targets_up", "metrics", 3))
+    steps = " | ".join(s["step"] for s in data["next_steps"])
+    assert "Scale up" not in steps and "Failover database" not in steps and "Restart pods" not in steps
+    assert data["escalation"] == []
 
 
 # --- next steps ------------------------------------------------------------------------------
@@ -275,14 +288,43 @@ def test_a_failing_scenario_establishes_the_conditions_it_implies() -> None:
     assert step["because"] == "db_bound = true (implied by failing scenario db-connection-exhaustion)"
 
 
-def test_escalation_follows_the_matrix() -> None:
-    sev1 = build(DB, API_5XX)["escalation"]
-    assert sev1[:2] == ["SEV-1 not mitigated in 15 min: escalate to Engineering Manager (Phone)",
-                        "SEV-1 not resolved in 1 hour: escalate to VP Engineering (Phone)"]
+def built_with(settings: Any, *checks: dict[str, Any]) -> dict[str, Any]:
+    data = verdict.build(list(checks), catalogue=CAT, settings=settings, started_at=T0, finished_at=T0 + 4)
+    validate(json.loads(json.dumps(data, default=str)))
+    return data
+
+
+def test_escalation_is_evaluated_not_listed() -> None:
+    from labcheck import config as cfg
+
+    sev1 = build(DB, API_5XX)
+    # Without the incident's start the time-based rows are not evaluated, and say so apart.
+    assert sev1["escalation"] == ["Database issue: escalate to DBA on-call (Phone)"]
+    assert sev1["escalation_not_evaluated"][0] == ("SEV-1 not mitigated in 15 min: escalate to Engineering Manager "
+                                                   "(Phone): incident start unknown (set incident_start)")
+    lines = verdict.summary_lines(sev1)
+    assert ("Escalation: Database issue: escalate to DBA on-call (Phone) (because cause in the database: "
+            "db-connection-exhaustion (database))") in lines
+    started = cfg.load(cli={"incident_start": ("2027-01-15T07:40:00Z", "test")}, environ={}, use_sandbox=False)
+    late = built_with(started, DB, API_5XX)["escalation"]
+    assert late[:1] == ["SEV-1 not mitigated in 15 min: escalate to Engineering Manager (Phone)"]
+    assert "SEV-1 not resolved in 1 hour: escalate to VP Engineering (Phone)" not in late
+    row = next(e for e in built_with(started, DB)["escalation_evaluated"] if e["condition"].startswith("SEV-1 not m"))
+    assert row["holds"] is True and "20.1 minutes after the incident started at 2027-01-15T07:40:00Z" in row["because"]
+    early = cfg.load(cli={"incident_start": ("2027-01-15T07:55:00Z", "test")}, environ={}, use_sandbox=False)
+    assert not any(line.startswith("SEV-1") for line in built_with(early, DB)["escalation"])
     storage = build(STORAGE)["escalation"]
-    assert storage == ["Customer SLA breach: escalate to Customer Success (Slack)",
-                       "Infrastructure failure: escalate to Cloud Provider Support (Support Ticket)"]
-    assert "Data breach suspected: escalate to Security Team + Legal (Phone + Email)" in build(AUTH)["escalation"]
+    assert storage == ["Infrastructure failure: escalate to Cloud Provider Support (Support Ticket)"]
+    # An auth failure, a clock skew or a missing secret alone is no evidence of a breach.
+    assert not any("Data breach" in line for line in build(AUTH)["escalation"])
+    skew = check("check_clock_skew", "auth", 2, "auth-failure", facts={"clock_skew": True})
+    secret = check("check_jwt_secret_present[JWT_SECRET]", "auth", 1, "auth-failure", facts={"secret_rotation": True})
+    assert not any("Data breach" in line for line in build(skew, secret)["escalation"])
+    bypass = check("check_request_without_token_rejected", "auth", 1, "auth-failure")
+    breach = build(bypass)
+    assert "Data breach suspected: escalate to Security Team + Legal (Phone + Email)" in breach["escalation"]
+    row = next(e for e in breach["escalation_evaluated"] if e["condition"] == "Data breach suspected")
+    assert "should have been refused" in row["because"] and "check_request_without_token_rejected" in row["because"]
     assert build(HEALTHY)["escalation"] == []
 
 
@@ -305,7 +347,9 @@ def test_incident_md_is_the_initial_declaration_filled_in() -> None:
     assert "**Roles Assigned:**\n- IC: @[name]\n- Technical Lead: @[name]\n- Comms: @[name]" in text
     assert "**Next Update:** 08:15 UTC" in text
     assert re.search(r"\*\*Incident Channel:\*\* #inc-20270115-\[description\]", text)
-    assert "- SEV-1 not mitigated in 15 min: escalate to Engineering Manager (Phone)" in text
+    assert "- Database issue: escalate to DBA on-call (Phone) (because cause in the database:" in text
+    assert ("- not evaluated: SEV-1 not mitigated in 15 min: escalate to Engineering Manager (Phone): "
+            "incident start unknown") in text
     assert "- UNKNOWN SEV-3 checks/database.py::check_replication_lag - no replica configured" in text
     assert "**Next Update:** 08:30 UTC" in verdict.incident_markdown(build(API_5XX))
 
@@ -400,7 +444,7 @@ def test_a_run_ranks_cause_first_and_writes_valid_documents_under_xdist(pytester
         "*",
         "Blind spots (1 checks could not run):",
         "  UNKNOWN SEV-1 checks/test_incident.py::check_token - http://api/experiments: timed out after 5 s",
-        "Escalation: SEV-1 not mitigated in 15 min: escalate to Engineering Manager (Phone)",
+        "Escalation: Database issue: escalate to DBA on-call (Phone) (because cause in the database:*",
     ])
     reports = pytester.path / "reports"
     data = json.loads((reports / "triage.json").read_text())
@@ -478,3 +522,17 @@ def test_a_healthy_run_writes_the_resolution_status(pytester: pytest.Pytester) -
     assert incident.startswith("**INCIDENT RESOLVED**")
     assert "- PASSED SEV-1 checks/test_ok.py::check_connection_headroom: PostgreSQL primary connections in use" in incident
     assert incident.count("- PASSED ") == 4
+
+
+def test_resolution_only_with_sev1_and_sev2_coverage() -> None:
+    docs = check("check_docs_answers", "docs", 4, outcome="passed")
+    blind = [check(f"check_s{n}", "storage", 2, "storage-failure", outcome="unknown", message="timed out")
+             for n in (1, 2)]
+    data = build(docs, *blind)
+    assert data["severity"] is None and data["verified"] is False
+    text = verdict.incident_markdown(data)
+    assert text.startswith("**STATUS: NOT VERIFIED**\n\nNo failing checks among 1 that ran; 2 sev1/sev2 checks "
+                           "could not run: not verified.\n- could not run: SEV-2 checks/storage.py::check_s1")
+    assert "INCIDENT RESOLVED" not in text
+    assert build(HEALTHY)["verified"] is True
+    assert build(API_5XX)["verified"] is False

@@ -18,6 +18,7 @@ import pytest
 from labcheck import verdict
 from labcheck.errors import Unknown
 from labcheck.evidence import Redactor
+from labcheck.expect import ExpectFailure
 from labcheck.markers import check_meta, is_check
 from labcheck.session import catalogue_key, redactor_key, reports_dir, settings_key, started_key
 
@@ -42,8 +43,9 @@ def redact_exception(excinfo: pytest.ExceptionInfo[BaseException], redact: Redac
 call_report_key = pytest.StashKey[pytest.TestReport]()
 
 # What a check raises when it judged the platform (or was skipped or stopped); anything else
-# means it could not check: UNKNOWN.
-NOT_UNKNOWN = (AssertionError, pytest.fail.Exception, pytest.skip.Exception, KeyboardInterrupt)
+# means it could not check: UNKNOWN. Only ``expect`` judges: a bare AssertionError raised inside a
+# probe or a component is a bug or a surprise there, not an observation of the platform.
+NOT_UNKNOWN = (ExpectFailure, pytest.fail.Exception, pytest.skip.Exception, KeyboardInterrupt)
 
 
 def _is_unknown(item: pytest.Item, call: pytest.CallInfo[None]) -> bool:
@@ -185,6 +187,8 @@ class Triage:
                 entry["observed"].append(value)
             elif name == "labcheck_fact":
                 entry.setdefault("facts", {})[value[0]] = value[1]
+            elif name == "labcheck_condition":
+                entry["condition"] = value
         if "labcheck_unknown" in props:
             entry["outcome"] = "unknown"
             entry["message"] = props["labcheck_unknown"]
@@ -247,7 +251,9 @@ def _failure_text(report: pytest.TestReport) -> str:
         text = str(crash.message)
     else:
         text = str(report.longrepr)
-    return text.removeprefix("AssertionError: ").split("\nassert ")[0].strip()
+    for prefix in ("labcheck.expect.ExpectFailure: ", "ExpectFailure: ", "AssertionError: "):
+        text = text.removeprefix(prefix)
+    return text.split("\nassert ")[0].strip()
 
 
 EXIT_BLIND_SPOTS = 6

@@ -317,7 +317,10 @@ def test_blocking_lock_names_the_blocker(healed: Any) -> None:
     run = healed.wait_for(lambda r: r.outcome("check_no_blocking_locks") == "failed",
                           "--set", "db_lock_wait_s=1", CHECKS, deadline_s=30, what="blocking-lock check failing")
     message = run.check("check_no_blocking_locks")["message"]
-    assert "high-latency" in run.scenario_ids()
+    # The observed holder picks the blocking-lock entry, and is the first next step.
+    assert "blocking-lock" in run.scenario_ids()
+    assert run.triage["probable_cause"]["scenario"] == "blocking-lock"
+    assert run.triage["next_steps"][0]["command"].startswith("SELECT pg_terminate_backend(")
     assert "LOCK TABLE experiments IN ACCESS EXCLUSIVE MODE" in message and "blocks" in message
 
 

@@ -145,6 +145,40 @@ class Activity:
     def pid(self, pid: int) -> Backend | None:
         return next((b for b in self.backends if b.pid == pid), None)
 
+    def lock_holders(self, blocked: Iterable[Backend]) -> list[dict[str, Any]]:
+        """The sessions at the head of the lock queues ``blocked`` wait in, most waiters first.
+
+        Each is a fact for the verdict: pid, state, age (of its open transaction, else of its
+        state), application, client address, how many sessions it blocks, its query (redacted).
+        A blocker that itself waits on another session is not a head: the chain is followed up.
+        """
+        waiting = list(blocked)
+        counts: Counter[int] = Counter()
+        for b in waiting:
+            for pid in b.blocked_by:
+                head = self._head(pid)
+                if head is not None:
+                    counts[head.pid] += 1
+        holders = []
+        for pid, n in counts.most_common():
+            h = self.pid(pid)
+            if h is None:
+                continue
+            age = h.xact_age_s if h.xact_age_s is not None else h.state_age_s
+            holders.append({"pid": h.pid, "state": h.state, "age_s": None if age is None else round(age, 1),
+                            "application": h.application_name or None, "client_addr": h.client_addr,
+                            "blocks": n, "query": h.query})
+        return holders
+
+    def _head(self, pid: int) -> Backend | None:
+        """Follow a blocker up its own waits to the session that waits on nobody."""
+        seen: set[int] = set()
+        current = self.pid(pid)
+        while current is not None and current.blocked_by and current.pid not in seen:
+            seen.add(current.pid)
+            current = self.pid(current.blocked_by[0])
+        return current
+
 
 @dataclass(frozen=True)
 class Replication:

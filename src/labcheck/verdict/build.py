@@ -14,13 +14,15 @@ Facts the verdict reads: any condition named by a step's ``when`` (``oom_killed`
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from labcheck.config import Settings
-from labcheck.scenarios import Catalogue, Escalation, Scenario, SeverityData, Step
+from labcheck.scenarios import Catalogue, Scenario, SeverityData, Step
 from labcheck.timefmt import ago, iso_utc
+from labcheck.verdict import escalation
+from labcheck.verdict.conditions import check_condition, derived_facts, holder_steps, scenario_for
 from labcheck.verdict.model import (
     BUSINESS_ORDER,
     OUTCOMES,
@@ -36,6 +38,7 @@ from labcheck.verdict.model import (
     ScenarioAdvice,
     Suspect,
     counts,
+    fully_verified,
     sev_name,
 )
 from labcheck.verdict.rank import _concerned, rank
@@ -78,6 +81,8 @@ def _facts(checks: Iterable[CheckResult]) -> Facts:
                 facts.learn(name, rollouts, ", ".join(filter(None, [facts.sources.get(name), check.nodeid])))
             elif name not in facts.values or (value and not facts.values[name]):
                 facts.learn(name, value, check.nodeid)
+        if check.condition and not facts.values.get(check.condition):  # observed by a failing check
+            facts.learn(check.condition, True, check.nodeid)
     return facts
 
 
@@ -189,9 +194,10 @@ def _scenario_roles(causes: list[Finding], symptoms: list[Finding]) -> dict[str,
 
 
 def _next_steps(suspects: list[Suspect], playbook: list[tuple[str, list[Advice], list[Advice]]],
-                ) -> tuple[list[Advice], list[Advice]]:
-    """Rollback first when a rollout is suspect, then the playbook's steps: (scenario, kept, dropped) in order."""
-    steps: list[Advice] = []
+                first: Iterable[Advice] = ()) -> tuple[list[Advice], list[Advice]]:
+    """Steps on an observed culprit first (``first``: the lock holder), then rollback when a rollout is
+    suspect, then the playbook's steps: (scenario, kept, dropped) in order."""
+    steps: list[Advice] = list(first)
     dropped: list[Advice] = []
     seen: set[str] = set()
 
@@ -302,17 +308,6 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _escalation(data: SeverityData, sev: str | None, scenarios: Iterable[Scenario | None]) -> list[str]:
-    if not sev:
-        return []
-    rules: list[Escalation] = [r for r in data.escalation if sev in r.applies_to]
-    for sc in scenarios:
-        for r in sc.escalation if sc else ():
-            if (not r.applies_to or sev in r.applies_to) and r not in rules:
-                rules.append(r)
-    return [r.line() for r in rules]
-
-
 # --- the verdict -----------------------------------------------------------------------------
 
 
@@ -325,7 +320,7 @@ def build(
     finished_at: float,
 ) -> dict[str, Any]:
     """The triage verdict as a JSON-ready dict (see triage.schema.json)."""
-    checks = [CheckResult.from_raw(r) for r in sorted(results, key=lambda r: r["nodeid"])]
+    checks = [_observed(CheckResult.from_raw(r), catalogue) for r in sorted(results, key=lambda r: r["nodeid"])]
     failed = [c for c in checks if c.outcome == "failed"]
     level = min((c.level for c in failed if c.level), default=None)
     sev = sev_name(level)
@@ -335,6 +330,8 @@ def build(
     causes, symptoms = rank(failed, catalogue, settings)
     facts = _facts(checks)
     _implied(facts, causes + symptoms, catalogue)
+    for name, (value, source) in derived_facts(facts.values, causes, symptoms).items():
+        facts.learn(name, value, source)
     rollouts = _rollouts(facts.values, settings)
     if "recent_deployment" not in facts.values and "recent_rollout" in facts.values:
         facts.learn("recent_deployment", bool(rollouts), facts.sources.get("recent_rollout", "run"))
@@ -346,7 +343,13 @@ def build(
     playbook = [(sc.id, sc.mitigation, sc.dropped) for sc in scenarios]
     if failed and (not scenarios or any(not c.scenario for c in causes)):
         playbook.append(("generic", *_evaluate(catalogue.generic, facts, settings)))
-    next_steps, dropped = _next_steps(suspects, playbook)
+    next_steps, dropped = _next_steps(suspects, playbook, holder_steps(facts.values, facts.sources, roles))
+    situation = escalation.Situation(sev=sev, causes=causes, symptoms=symptoms, facts=facts.values,
+                                     sources=facts.sources, finished_at=finished_at,
+                                     incident_start=getattr(settings, "values", {}).get("incident_start")
+                                     if settings is not None else None)
+    escalated = escalation.evaluate(data, situation, [catalogue.get(s) for s in roles])
+    held, not_evaluated = escalation.lines(escalated)
 
     blind = _blind_spots(checks)
     impact, impact_details = _impact(causes, symptoms, data)
@@ -376,11 +379,22 @@ def build(
         "blind_spots": [asdict(b) for b in blind],
         "sev1_blind": any(b.severity == "SEV-1" for b in blind),
         "blind_spot_warning": _blind_warning(blind, sev),
-        "escalation": _escalation(data, sev, [catalogue.get(s) for s in roles]),
+        "escalation": held,
+        "escalation_evaluated": [e.doc() for e in escalated],
+        "escalation_not_evaluated": not_evaluated,
+        "verified": fully_verified((c.severity, c.outcome) for c in checks),
         "facts": dict(facts.values),
         "fact_sources": facts.sources,
         "checks": [c.doc() for c in checks],
     }
+
+
+def _observed(check: CheckResult, catalogue: Catalogue) -> CheckResult:
+    """A failing check's condition picks its scenario; a check that did not fail observed no condition."""
+    if check.outcome != "failed":
+        return replace(check, condition=None)
+    condition = check_condition(check.nodeid, check.condition)
+    return replace(check, condition=condition, scenario=scenario_for(condition, catalogue, check.scenario))
 
 
 def blind_spots_fail(data: Mapping[str, Any], mode: str) -> bool:
@@ -404,5 +418,6 @@ def empty_verdict(*, error: str | None = None, started_at: float | None = None) 
         "symptoms": [], "suspects": [], "ranking": [], "scenarios": [], "next_steps": [], "dropped_steps": [],
         "blind_spots": blind, "sev1_blind": bool(error),
         "blind_spot_warning": "Nothing was checked: the run stopped on a configuration error." if error else None,
-        "escalation": [], "facts": {}, "fact_sources": {}, "checks": [],
+        "escalation": [], "escalation_evaluated": [], "escalation_not_evaluated": [], "verified": False,
+        "facts": {}, "fact_sources": {}, "checks": [],
     }

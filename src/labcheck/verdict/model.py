@@ -7,7 +7,7 @@ the order the file has always had them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ class CheckResult:
     observed: list[Any] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     duration_s: Any = 0.0
+    condition: str | None = None  # what a failing check observed; it picked ``scenario``
 
     @classmethod
     def from_raw(cls, r: Mapping[str, Any]) -> CheckResult:
@@ -43,7 +44,7 @@ class CheckResult:
         return cls(nodeid=r.get("nodeid"), outcome=r.get("outcome"),  # type: ignore[arg-type]
                    component=r.get("component"), level=r.get("severity"), scenario=r.get("scenario"),
                    message=r.get("message"), observed=r.get("observed") or [], facts=r.get("facts") or {},
-                   duration_s=r.get("duration_s", 0.0))
+                   duration_s=r.get("duration_s", 0.0), condition=r.get("condition"))
 
     @property
     def severity(self) -> str | None:
@@ -52,7 +53,19 @@ class CheckResult:
     def doc(self) -> dict[str, Any]:
         return {"nodeid": self.nodeid, "outcome": self.outcome, "component": self.component,
                 "severity": self.severity, "scenario": self.scenario, "message": self.message,
-                "observed": self.observed, "facts": self.facts, "duration_s": self.duration_s}
+                "observed": self.observed, "facts": self.facts, "duration_s": self.duration_s,
+                "condition": self.condition}
+
+
+SERIOUS = ("SEV-1", "SEV-2")
+
+
+def fully_verified(rows: Iterable[tuple[str | None, str]]) -> bool:
+    """(severity, outcome) of every selected check: nothing failed, and every sev1 and sev2 check ran
+    and passed (at least one was selected)."""
+    seen = list(rows)
+    serious = [outcome for severity, outcome in seen if severity in SERIOUS]
+    return bool(serious) and all(o == "passed" for o in serious) and all(o != "failed" for _, o in seen)
 
 
 def counts(checks: list[CheckResult]) -> dict[str, int]:

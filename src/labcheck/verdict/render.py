@@ -15,7 +15,14 @@ from typing import Any
 
 from labcheck.timefmt import hhmm, hms, iso_z
 from labcheck.verdict.build import empty_verdict
-from labcheck.verdict.model import CheckResult, GateEvidence, counts, sev_name
+from labcheck.verdict.model import (
+    SERIOUS,
+    CheckResult,
+    GateEvidence,
+    counts,
+    fully_verified,
+    sev_name,
+)
 
 # --- terminal --------------------------------------------------------------------------------
 
@@ -80,12 +87,21 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"Blind spots ({len(data['blind_spots'])} checks could not run):")
         for b in data["blind_spots"]:
             lines.append(f"  UNKNOWN {b['severity']} {b['nodeid']} - {b['reason']}")
-    for line in data.get("escalation", []):
+    for line in escalation_lines(data):
         lines.append(f"Escalation: {line}")
     counts = data["counts"]
     lines.append(f"{counts['passed']} passed, {counts['failed']} failed, {counts['unknown']} unknown "
                  f"in {data['duration_s']:.1f} s. Reports: triage.json, incident.md")
     return lines
+
+
+def escalation_lines(data: Mapping[str, Any]) -> list[str]:
+    """The escalations that hold, each with the facts it used; then the rows that could not be evaluated."""
+    evaluated = data.get("escalation_evaluated")
+    if evaluated is None:  # a triage.json from before the rows were evaluated
+        return list(data.get("escalation") or [])
+    held = [f"{e['line']} (because {e['because']})" for e in evaluated if e.get("holds")]
+    return held + [f"not evaluated: {line}" for line in data.get("escalation_not_evaluated") or []]
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -210,9 +226,10 @@ def incident_markdown(data: Mapping[str, Any]) -> str:
         lines.append("**Advice dropped (condition known false):**")
         lines += [f"- {d['step']} ({d['because']})" for d in data["dropped_steps"]]
         lines.append("")
-    if data.get("escalation"):
+    escalate = escalation_lines(data)
+    if escalate:
         lines.append("**Escalation:**")
-        lines += [f"- {line}" for line in data["escalation"]]
+        lines += [f"- {line}" for line in escalate]
         lines.append("")
     if data["blind_spots"]:
         lines.append("**Blind spots (could not check):**")
@@ -236,11 +253,13 @@ def resolution_markdown(data: Mapping[str, Any], *, gate: GateEvidence | None = 
     """
     finished = data["finished_at"]
     counted = data.get("counts") or {}
-    blind_sev1 = gate is None and data.get("sev1_blind")
-    lines = ["**STATUS: NOT VERIFIED** (no check failed, but a sev1 check could not be run)" if blind_sev1
-             else "**INCIDENT RESOLVED**", ""]
+    verified = bool(data["verified"]) if "verified" in data else \
+        fully_verified((c.get("severity"), c["outcome"]) for c in data.get("checks") or [])
+    lines = ["**INCIDENT RESOLVED**" if verified else "**STATUS: NOT VERIFIED**", ""]
+    if not verified:
+        lines += [_coverage(data), ""]
     if gate is None:
-        lines += [f"**Status:** {'Monitoring' if blind_sev1 else 'Resolved'}: no check failed at "
+        lines += [f"**Status:** {'Resolved' if verified else 'Monitoring'}: no check failed at "
                   f"{hhmm(finished)} ({counted['passed']} passed, {counted['unknown']} unknown)",
                   f"**Duration:** [Start time] - {hhmm(finished)} ([X hours Y minutes])"]
     else:
@@ -279,6 +298,20 @@ def resolution_markdown(data: Mapping[str, Any], *, gate: GateEvidence | None = 
     if gate is not None:
         lines += ["", "Thank you for your patience during this incident."]
     return "\n".join(lines) + "\n"
+
+
+def _coverage(data: Mapping[str, Any]) -> str:
+    """Why a run without failures does not verify the resolution: the sev1/sev2 checks that did not run."""
+    checks = data.get("checks") or []
+    ran = [c for c in checks if c["outcome"] in ("passed", "failed")]
+    missing = [c for c in checks if c.get("severity") in SERIOUS and c["outcome"] not in ("passed", "failed")]
+    if not any(c.get("severity") in SERIOUS for c in checks):
+        return (f"No failing checks among {len(ran)} that ran; no sev1/sev2 check was selected: not verified. "
+                "Run the sev1 and sev2 checks (pytest -m \"sev1 or sev2\").")
+    text = (f"No failing checks among {len(ran)} that ran; {len(missing)} sev1/sev2 checks could not run: "
+            "not verified.")
+    return "\n".join([text, *(f"- could not run: {c['severity']} {c['nodeid']} - {c.get('message') or c['outcome']}"
+                             for c in missing)])
 
 
 def _gate_span(gate: GateEvidence) -> str:
