@@ -320,7 +320,7 @@ def test_escalation_is_evaluated_not_listed() -> None:
     skew = check("check_clock_skew", "auth", 2, "auth-failure", facts={"clock_skew": True})
     secret = check("check_jwt_secret_present[JWT_SECRET]", "auth", 1, "auth-failure", facts={"secret_rotation": True})
     assert not any("Data breach" in line for line in build(skew, secret)["escalation"])
-    bypass = check("check_request_without_token_rejected", "auth", 1, "auth-failure")
+    bypass = {**check("check_request_without_token_rejected", "auth", 1, "auth-failure"), "condition": "auth_bypass"}
     breach = build(bypass)
     assert "Data breach suspected: escalate to Security Team + Legal (Phone + Email)" in breach["escalation"]
     row = next(e for e in breach["escalation_evaluated"] if e["condition"] == "Data breach suspected")

@@ -22,7 +22,7 @@ from labcheck.config import Settings
 from labcheck.scenarios import Catalogue, Scenario, SeverityData, Step
 from labcheck.timefmt import ago, iso_utc
 from labcheck.verdict import escalation
-from labcheck.verdict.conditions import check_condition, derived_facts, holder_steps, scenario_for
+from labcheck.verdict.conditions import derived_facts, holder_steps, scenario_for
 from labcheck.verdict.model import (
     BUSINESS_ORDER,
     OUTCOMES,
@@ -393,7 +393,7 @@ def _observed(check: CheckResult, catalogue: Catalogue) -> CheckResult:
     """A failing check's condition picks its scenario; a check that did not fail observed no condition."""
     if check.outcome != "failed":
         return replace(check, condition=None)
-    condition = check_condition(check.nodeid, check.condition)
+    condition = check.condition or None
     return replace(check, condition=condition, scenario=scenario_for(condition, catalogue, check.scenario))
 
 

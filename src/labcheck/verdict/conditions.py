@@ -31,12 +31,6 @@ BREACH_EVIDENCE = {
     "auth_401_surge_few_sources": "a surge of 401s from few sources",
 }
 
-# Checks whose failure is itself such a condition, until they report it themselves.
-CHECK_CONDITIONS: dict[str, str] = {
-    "check_request_without_token_rejected": "auth_bypass",
-}
-
-
 def scenario_for(condition: str | None, catalogue: Catalogue, default: str | None) -> str | None:
     """The scenario a condition picks; ``default`` (the marker's) when it picks none in this catalogue."""
     if not condition:
@@ -45,14 +39,6 @@ def scenario_for(condition: str | None, catalogue: Catalogue, default: str | Non
         return condition
     picked = CONDITIONS.get(condition)
     return picked if picked in catalogue.scenarios else default
-
-
-def check_condition(nodeid: str, reported: str | None) -> str | None:
-    """The condition a failing check observed: the one it reported, else the one its failure means."""
-    if reported:
-        return reported
-    name = nodeid.rpartition("::")[2].split("[")[0]
-    return CHECK_CONDITIONS.get(name)
 
 
 # --- facts derived from what failed ------------------------------------------------------------
