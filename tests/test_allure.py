@@ -112,10 +112,10 @@ def test_allure_results_carry_labels_statuses_evidence_and_extras(pytester: pyte
     out = pytester.path / "reports" / "allure-results"
     docs = results(out)
 
-    # Failed is failed; UNKNOWN (call or setup) is broken; an assertion in a fixture is failed.
+    # Failed is failed; UNKNOWN (call or setup, a bare assert in a fixture included) is broken.
     assert {name: doc["status"] for name, doc in docs.items()} == {
         "check_pool": "failed", "check_error_ratio": "broken", "check_connects": "broken",
-        "check_scrapes": "failed", "check_docs": "failed", "check_bucket": "passed"}
+        "check_scrapes": "broken", "check_docs": "failed", "check_bucket": "passed"}
     triage = json.loads((pytester.path / "reports" / "triage.json").read_text())
     # Only expect fails a check: a bare assert in a fixture (a component) is UNKNOWN in the verdict.
     assert {c["nodeid"].split("::")[1]: c["outcome"] for c in triage["checks"]} == {
@@ -147,6 +147,7 @@ def test_allure_results_carry_labels_statuses_evidence_and_extras(pytester: pyte
         "check_docs": allure_results.NO_SCENARIO_CATEGORY,
         "check_error_ratio": allure_results.UNKNOWN_CATEGORY,
         "check_connects": allure_results.UNKNOWN_CATEGORY,
+        "check_scrapes": allure_results.UNKNOWN_CATEGORY,
         "check_bucket": None,
     }
     for name, category in expected.items():
@@ -164,6 +165,95 @@ def test_allure_results_carry_labels_statuses_evidence_and_extras(pytester: pyte
                         "buildOrder": 42, "buildName": "nightly canary #42",
                         "buildUrl": "https://github.example/lab/labcheck/actions/runs/987",
                         "reportName": "labcheck triage"}
+
+
+AGREEMENT = """\
+import pytest
+from labcheck.errors import ProbeRefused
+
+def probe():
+    assert 1 == 2, "the probe's own sanity check"
+
+@pytest.fixture
+def asserting():
+    assert False, "fixture saw the platform unhealthy"
+
+@pytest.fixture
+def refused():
+    raise ProbeRefused("connection refused", target="postgresql://127.0.0.1:1/x")
+
+@pytest.fixture
+def asserts_at_teardown():
+    yield
+    assert False, "teardown surprised"
+
+@pytest.mark.sev3
+@pytest.mark.metrics
+def check_fixture_asserts(asserting):
+    pass
+
+@pytest.mark.sev3
+@pytest.mark.metrics
+def check_probe_asserts(expect):
+    probe()
+
+@pytest.mark.sev1
+@pytest.mark.database
+def check_probe_error(refused):
+    pass
+
+@pytest.mark.sev4
+@pytest.mark.docs
+def check_expect_fails(expect):
+    expect(False, target="GET /docs", observed="HTTP 404", threshold="HTTP 200")
+
+@pytest.mark.sev4
+@pytest.mark.docs
+def check_expect_fails_then_teardown_asserts(expect, asserts_at_teardown):
+    expect(False, target="GET /redoc", observed="HTTP 404", threshold="HTTP 200")
+
+@pytest.mark.sev4
+@pytest.mark.docs
+def check_passes(expect):
+    expect(True, target="GET /openapi.json", observed="HTTP 200", threshold="HTTP 200")
+"""
+
+
+def test_allure_status_follows_the_triage_outcome(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only expect fails a check: a bare assert anywhere else is UNKNOWN in triage.json and broken in Allure."""
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITLAB_CI", raising=False)
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_agreement.py").write_text(AGREEMENT)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--no-sandbox", f"--scenarios-dir={SCENARIOS}",
+        f"--reports-dir={pytester.path / 'reports'}", "checks")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    triage = json.loads((pytester.path / "reports" / "triage.json").read_text())
+    outcomes = {c["nodeid"].split("::")[1]: c["outcome"] for c in triage["checks"]}
+    assert outcomes == {
+        "check_fixture_asserts": "unknown", "check_probe_asserts": "unknown", "check_probe_error": "unknown",
+        "check_expect_fails": "failed", "check_expect_fails_then_teardown_asserts": "unknown",
+        "check_passes": "passed"}
+    allure = {"unknown": "broken", "failed": "failed", "passed": "passed"}
+    docs = results(pytester.path / "reports" / "allure-results")
+    assert {name: doc["status"] for name, doc in docs.items()} == {n: allure[o] for n, o in outcomes.items()}
+    assert "fixture saw the platform unhealthy" in docs["check_fixture_asserts"]["statusDetails"]["message"]
+
+    # The terminal summary and the pushed metrics read the same triage results.
+    summary = result.stdout.str().partition("labcheck triage")[2]
+    listed = re.findall(r"^  (FAILED|UNKNOWN) SEV-\d checks/test_agreement.py::(\w+)", summary, re.MULTILINE)
+    assert {name: outcome.lower() for outcome, name in listed} == {
+        n: o for n, o in outcomes.items() if o != "passed"}
+    assert "1 passed, 1 failed, 4 unknown" in summary
+    from labcheck import push
+
+    registry = push.build_registry(triage)
+    for check in triage["checks"]:
+        labels = push._labels(check)
+        assert registry.get_sample_value("labcheck_check_unknown", labels) == (check["outcome"] == "unknown")
+        success = registry.get_sample_value("labcheck_check_success", labels)
+        assert success == {"unknown": None, "failed": 0, "passed": 1}[check["outcome"]], check["nodeid"]
 
 
 def test_each_run_starts_with_fresh_default_results(pytester: pytest.Pytester,

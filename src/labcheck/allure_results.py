@@ -197,7 +197,27 @@ def write_extras(directory: Path, *, catalogue: Catalogue, settings: Any, suite_
     return written
 
 
-__all__ = ["UNKNOWN_CATEGORY", "categories", "environment", "executor", "marks", "write_extras"]
+def mark_broken(config: Any, *, message: str, trace: str | None) -> None:
+    """File the running check's Allure result as broken: it is UNKNOWN, whatever it raised.
+
+    allure-pytest's listener files any AssertionError as failed (``_exception_brokes_test``), but
+    only ``expect`` fails a check: a bare assert in a fixture, probe or component is UNKNOWN in
+    triage.json, so it is broken here too. Call it from a makereport wrapper outside the listener's
+    (which has set the status by then); the running test is the reporter's last one, as for
+    ``allure.dynamic``. The message and trace are the listener's own (the exception, redacted).
+    """
+    listener = config.pluginmanager.get_plugin("allure_listener")
+    if listener is None:
+        return
+    from allure_commons.model2 import Status, StatusDetails
+
+    result = listener.allure_logger.get_test(None)
+    if result is not None:
+        result.status = Status.BROKEN
+        result.statusDetails = StatusDetails(message=message, trace=trace)
+
+
+__all__ = ["UNKNOWN_CATEGORY", "categories", "environment", "executor", "mark_broken", "marks", "write_extras"]
 
 
 def write_usage_error(directory: Path, message: str) -> None:

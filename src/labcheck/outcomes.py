@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from labcheck import verdict
+from labcheck import allure_results, verdict
 from labcheck.errors import Unknown
 from labcheck.evidence import Redactor
 from labcheck.expect import ExpectFailure
@@ -118,8 +118,9 @@ def redact_repr(obj: Any, redact: Redactor, depth: int) -> Any:
 class Outcomes:
     """Outermost makereport wrapper: a check that could not check is UNKNOWN, not failed.
 
-    It runs after Allure's listener, which has already filed the non-assertion
-    exception as "broken"; pytest itself then sees a skip with category "unknown".
+    It runs after Allure's listener, which files a non-assertion exception as "broken" but a bare
+    AssertionError as "failed"; this files every UNKNOWN as "broken", so Allure agrees with
+    triage.json. pytest itself then sees a skip with category "unknown".
     """
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -140,6 +141,7 @@ class Outcomes:
         excinfo = call.excinfo
         if excinfo is None or not report.failed or excinfo.errisinstance(NOT_UNKNOWN):
             return
+        allure_results.mark_broken(item.config, message=excinfo.exconly(), trace=report.longreprtext)
         reason = _unknown_reason(excinfo)
         redact = item.config.stash.get(redactor_key, None)
         if redact is not None:
