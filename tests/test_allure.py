@@ -233,7 +233,7 @@ def test_allure_status_follows_the_triage_outcome(pytester: pytest.Pytester, mon
     outcomes = {c["nodeid"].split("::")[1]: c["outcome"] for c in triage["checks"]}
     assert outcomes == {
         "check_fixture_asserts": "unknown", "check_probe_asserts": "unknown", "check_probe_error": "unknown",
-        "check_expect_fails": "failed", "check_expect_fails_then_teardown_asserts": "unknown",
+        "check_expect_fails": "failed", "check_expect_fails_then_teardown_asserts": "failed",
         "check_passes": "passed"}
     allure = {"unknown": "broken", "failed": "failed", "passed": "passed"}
     docs = results(pytester.path / "reports" / "allure-results")
@@ -245,7 +245,10 @@ def test_allure_status_follows_the_triage_outcome(pytester: pytest.Pytester, mon
     listed = re.findall(r"^  (FAILED|UNKNOWN) SEV-\d checks/test_agreement.py::(\w+)", summary, re.MULTILINE)
     assert {name: outcome.lower() for outcome, name in listed} == {
         n: o for n, o in outcomes.items() if o != "passed"}
-    assert "1 passed, 1 failed, 4 unknown" in summary
+    assert "1 passed, 2 failed, 3 unknown" in summary
+    # The failure stands with its own message, not the teardown's surprise.
+    failed = {c["nodeid"].split("::")[1]: c for c in triage["checks"]}["check_expect_fails_then_teardown_asserts"]
+    assert "teardown surprised" not in failed["message"]
     from labcheck import push
 
     registry = push.build_registry(triage)

@@ -141,6 +141,9 @@ class Outcomes:
         excinfo = call.excinfo
         if excinfo is None or not report.failed or excinfo.errisinstance(NOT_UNKNOWN):
             return
+        earlier = item.stash.get(call_report_key, None)
+        if call.when == "teardown" and earlier is not None and earlier.failed:
+            return  # the check failed: that finding stands, a teardown surprise does not blind it
         allure_results.mark_broken(item.config, message=excinfo.exconly(), trace=report.longreprtext)
         reason = _unknown_reason(excinfo)
         redact = item.config.stash.get(redactor_key, None)
@@ -192,9 +195,12 @@ class Triage:
             elif name == "labcheck_condition":
                 entry["condition"] = value
         if "labcheck_unknown" in props:
-            entry["outcome"] = "unknown"
-            entry["message"] = props["labcheck_unknown"]
-        elif report.failed and entry["outcome"] != "unknown":
+            # A finding stands: a teardown that could not finish after the check failed does not
+            # turn the failure into a blind spot.
+            if entry["outcome"] != "failed":
+                entry["outcome"] = "unknown"
+                entry["message"] = props["labcheck_unknown"]
+        elif report.failed and entry["outcome"] not in ("failed", "unknown"):
             entry["outcome"] = "failed"
             entry["message"] = _failure_text(report)
         elif report.skipped and entry["outcome"] == "passed":
