@@ -43,11 +43,14 @@ def dsn(sandbox: Any, *, password: str | None = None, database: str = "llm_resea
 
 
 @pytest.mark.parametrize(("case", "kind"), [("wrong-password", "auth failed"), ("database-missing", "database missing")])
-def test_postgres_refusing_us_fails_connect_and_names_why(sandbox: Any, tmp_path: Path, case: str, kind: str) -> None:
+def test_postgres_refusing_us_is_unknown_and_names_why(sandbox: Any, tmp_path: Path, case: str, kind: str) -> None:
+    # labcheck's own role refused is labcheck's access problem, not the platform's: UNKNOWN, naming
+    # the role and why (issue 13), never "primary unavailable".
     target = dsn(sandbox, password="not-the-password") if case == "wrong-password" else dsn(sandbox, database="nope")
     checks = run_checks(tmp_path, "checks/database.py", {"LABCHECK_DATABASE_URL": target})
     connect = checks["check_database_accepts_connections"]
-    assert connect["outcome"] == "failed" and kind in connect["message"], connect
+    assert connect["outcome"] == "unknown" and kind in connect["message"], connect
+    assert "labcheck's database role 'labcheck'" in connect["message"], connect
     assert "not-the-password" not in json.dumps(checks)
     for name, check in checks.items():
         if name not in ("check_database_accepts_connections", "check_pool_not_saturated", "check_replication_lag"):
