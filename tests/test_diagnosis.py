@@ -98,13 +98,7 @@ def test_postgresql_stopped_is_the_primary_unreachable(sandbox: Sandbox) -> None
     dsn = urlsplit(sandbox.settings["database_url"])
     closed = dsn._replace(netloc=f"{dsn.netloc.rsplit(':', 1)[0]}:{_closed_port()}").geturl()
     run = sandbox.run_checks("checks/database.py", env=_env(sandbox, database_url=closed))
-    data = run.triage
-    connect = run.check("check_database_accepts_connections")
-    assert connect["outcome"] == "failed" and connect["condition"] == "db_refusing_connections", connect
-    assert data["severity"] == "SEV-1"
-    pc = data["probable_cause"]
-    assert pc["scenario"] == "database-unreachable" and pc["title"] == "Database Primary Unreachable", pc
-    assert data["next_steps"][0]["step"] == "Failover database (requires DBA involvement for RDS failover)"
+    data = _primary_unreachable(run)
     assert not any("idle" in s.lower() for s in _steps(run))
     assert "implied" not in data["fact_sources"].get("database_overload", "")
     assert "Database issue: escalate to DBA on-call (Phone)" in data["escalation"]
@@ -113,6 +107,18 @@ def test_postgresql_stopped_is_the_primary_unreachable(sandbox: Sandbox) -> None
                for line in data["escalation_not_evaluated"])
     assert data["verified"] is False
     assert (run.reports / "incident.md").read_text().startswith("**INCIDENT DECLARED**")
+
+
+def _primary_unreachable(run: Run) -> dict[str, Any]:
+    """The refused connect check, SEV-1, the primary unreachable as the cause and failover its first step."""
+    data: dict[str, Any] = run.triage
+    connect = run.check("check_database_accepts_connections")
+    assert connect["outcome"] == "failed" and connect["condition"] == "db_refusing_connections", connect
+    assert data["severity"] == "SEV-1"
+    pc = data["probable_cause"]
+    assert pc["scenario"] == "database-unreachable" and pc["title"] == "Database Primary Unreachable", pc
+    assert data["next_steps"][0]["step"] == "Failover database (requires DBA involvement for RDS failover)"
+    return data
 
 
 def test_prometheus_down_is_its_own_finding(sandbox: Sandbox) -> None:
@@ -192,13 +198,7 @@ def _poll(predicate: Any, what: str, deadline_s: float = 30) -> Any:
 
 def test_postgresql_really_stopped_is_the_primary_unreachable(sandbox: Sandbox, stopped_postgres: None) -> None:
     run = sandbox.run_checks("checks/database.py")
-    data = run.triage
-    connect = run.check("check_database_accepts_connections")
-    assert connect["outcome"] == "failed" and connect["condition"] == "db_refusing_connections", connect
-    assert data["severity"] == "SEV-1"
-    pc = data["probable_cause"]
-    assert pc["scenario"] == "database-unreachable" and pc["component"] == "database", pc
-    assert data["next_steps"][0]["step"] == "Failover database (requires DBA involvement for RDS failover)"
+    data = _primary_unreachable(run)
     # The application's pool fills with requests waiting for a server that is gone: a symptom of it,
     # so the steps of connection exhaustion (terminate idle connections) never come first.
     pool = [s for s in data["symptoms"] if s["scenario"] == "db-connection-exhaustion"]

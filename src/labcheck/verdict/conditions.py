@@ -79,6 +79,8 @@ STATE_SCENARIOS = frozenset({"pod-crash-loop", "api-not-answering"})
 # --- the observed lock holder ------------------------------------------------------------------
 
 LOCK_SCENARIO = "blocking-lock"
+# The primary refusing or not answering: what else fails in the database waits on it (rank).
+UNREACHABLE_SCENARIO = "database-unreachable"
 
 
 def holder_steps(facts: Mapping[str, Any], sources: Mapping[str, str], roles: Mapping[str, str]) -> list[Advice]:
