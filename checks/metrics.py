@@ -22,10 +22,17 @@ def check_prometheus_ready(prom, expect):
     # the checks that read Prometheus report UNKNOWN instead.
     attempt = prom.ready()  # an HTTP 200 that is not Prometheus's answer comes back with no result
     ok = attempt.result is not None and attempt.result.status == 200
+    # Something else answering at the URL (an HTML page, a proxy) is not Prometheus down: the
+    # operator fixes where prometheus_url points, not the server. Both facts are told, so the
+    # steps of the other case are ruled out rather than left "unknown".
+    misidentified = not ok and getattr(attempt, "seen", None) is not None
+    if not ok:
+        expect.fact("prometheus_down", not misidentified)
+        expect.fact("prometheus_misidentified", misidentified)
     expect(ok, target=f"GET {attempt.url}", observed=attempt.describe(),
            threshold="HTTP 200 with Prometheus's ready answer ('Prometheus Server is Ready.')",
-           detail="while Prometheus is down, every check that reads it is a blind spot",
-           condition="prometheus_down",
+           detail="while Prometheus cannot be read, every check that reads it is a blind spot",
+           condition="prometheus_misidentified" if misidentified else "prometheus_down",
            evidence=attempt.result.exchange() if attempt.result else None)
 
 

@@ -218,6 +218,36 @@ def test_dry_run_canary_fails_when_submissions_fail(healed: Any) -> None:
 ])
 def test_dry_run_answers_are_judged(pytester: pytest.Pytester, status: int, body: dict[str, Any], outcome: str,
                                     text: str) -> None:
+    from standin import unsigned_jwt
+
+    token = unsigned_jwt()
+    seen = _dry_run_against(pytester, status, body, token)
+    [check] = json.loads((pytester.path / "reports" / "triage.json").read_text())["checks"]
+    assert check["outcome"] == outcome and text in (check["message"] or ""), check
+    assert seen == [f"/experiments?dry_run=true Bearer {token}"]
+
+
+@pytest.mark.parametrize("expired, text", [
+    (True, "labcheck's test token expired at "),
+    (False, "test_token is not a JWT"),
+])
+def test_dry_run_is_not_sent_with_an_unusable_token(pytester: pytest.Pytester, expired: bool, text: str) -> None:
+    import time
+
+    from standin import unsigned_jwt
+
+    token = unsigned_jwt(exp=int(time.time()) - 3600) if expired else "t0ken-for-tests"
+    seen = _dry_run_against(pytester, 200, {"dry_run": True, "valid": True}, token)
+    [check] = json.loads((pytester.path / "reports" / "triage.json").read_text())["checks"]
+    assert check["outcome"] == "unknown" and text in (check["message"] or ""), check  # labcheck's own, like auth
+    assert seen == []  # never POSTed
+    for out in (pytester.path / "reports").rglob("*"):
+        if out.is_file():
+            assert token not in out.read_text(errors="replace"), out
+
+
+def _dry_run_against(pytester: pytest.Pytester, status: int, body: dict[str, Any], token: str) -> list[str]:
+    """Run checks/canary.py against a stand-in API answering ``status``/``body``; the requests it saw."""
     import http.server
     import threading
 
@@ -245,10 +275,8 @@ def test_dry_run_answers_are_judged(pytester: pytest.Pytester, status: int, body
         pytester.runpytest_subprocess(
             "-p", "no:cacheprovider", "--no-sandbox", f"--scenarios-dir={REPO / 'scenarios'}",
             f"--reports-dir={pytester.path / 'reports'}", f"--api-url=http://127.0.0.1:{server.server_address[1]}",
-            "--set=test_token=t0ken-for-tests", "--set=canary_writes=true", "checks")
+            f"--set=test_token={token}", "--set=canary_writes=true", "checks")
     finally:
         server.shutdown()
         server.server_close()
-    [check] = json.loads((pytester.path / "reports" / "triage.json").read_text())["checks"]
-    assert check["outcome"] == outcome and text in (check["message"] or ""), check
-    assert seen == ["/experiments?dry_run=true Bearer t0ken-for-tests"]
+    return seen

@@ -6,6 +6,8 @@ the resolution status (``verified``).
 
 from __future__ import annotations
 
+import json
+import shlex
 import socket
 import threading
 import time
@@ -96,13 +98,7 @@ def test_postgresql_stopped_is_the_primary_unreachable(sandbox: Sandbox) -> None
     dsn = urlsplit(sandbox.settings["database_url"])
     closed = dsn._replace(netloc=f"{dsn.netloc.rsplit(':', 1)[0]}:{_closed_port()}").geturl()
     run = sandbox.run_checks("checks/database.py", env=_env(sandbox, database_url=closed))
-    data = run.triage
-    connect = run.check("check_database_accepts_connections")
-    assert connect["outcome"] == "failed" and connect["condition"] == "db_refusing_connections", connect
-    assert data["severity"] == "SEV-1"
-    pc = data["probable_cause"]
-    assert pc["scenario"] == "database-unreachable" and pc["title"] == "Database Primary Unreachable", pc
-    assert data["next_steps"][0]["step"] == "Failover database (requires DBA involvement for RDS failover)"
+    data = _primary_unreachable(run)
     assert not any("idle" in s.lower() for s in _steps(run))
     assert "implied" not in data["fact_sources"].get("database_overload", "")
     assert "Database issue: escalate to DBA on-call (Phone)" in data["escalation"]
@@ -111,6 +107,18 @@ def test_postgresql_stopped_is_the_primary_unreachable(sandbox: Sandbox) -> None
                for line in data["escalation_not_evaluated"])
     assert data["verified"] is False
     assert (run.reports / "incident.md").read_text().startswith("**INCIDENT DECLARED**")
+
+
+def _primary_unreachable(run: Run) -> dict[str, Any]:
+    """The refused connect check, SEV-1, the primary unreachable as the cause and failover its first step."""
+    data: dict[str, Any] = run.triage
+    connect = run.check("check_database_accepts_connections")
+    assert connect["outcome"] == "failed" and connect["condition"] == "db_refusing_connections", connect
+    assert data["severity"] == "SEV-1"
+    pc = data["probable_cause"]
+    assert pc["scenario"] == "database-unreachable" and pc["title"] == "Database Primary Unreachable", pc
+    assert data["next_steps"][0]["step"] == "Failover database (requires DBA involvement for RDS failover)"
+    return data
 
 
 def test_prometheus_down_is_its_own_finding(sandbox: Sandbox) -> None:
@@ -125,6 +133,85 @@ def test_prometheus_down_is_its_own_finding(sandbox: Sandbox) -> None:
     steps = " | ".join(_steps(run))
     assert "Scale up" not in steps and "Failover database" not in steps
     assert data["escalation"] == [] and data["verified"] is False
+
+
+def test_a_page_answering_200_as_prometheus_is_not_prometheus_down(sandbox: Sandbox) -> None:
+    from standin import StandIn
+
+    page = StandIn(lambda path, query: (200, (b"<html><body>Welcome</body></html>", "text/html")))
+    try:
+        run = sandbox.run_checks("checks/metrics.py", "checks/api_gateway.py", env=_env(sandbox, prometheus_url=page.url))
+    finally:
+        page.close()
+    data = run.triage
+    ready = run.check("check_prometheus_ready")
+    assert ready["outcome"] == "failed" and ready["condition"] == "prometheus_misidentified", ready
+    assert "not Prometheus's ready answer" in ready["message"]
+    assert data["severity"] == "SEV-3"
+    assert data["probable_cause"]["scenario"] == "prometheus-down"
+    # The URL answers: fix where it points; restarting Prometheus is not the step.
+    assert data["next_steps"][0]["step"].startswith("The URL answers, but not as Prometheus: point prometheus_url")
+    assert not any("Restart Prometheus" in s for s in _steps(run))
+    assert data["facts"]["prometheus_down"] is False
+    assert data["escalation"] == [] and data["verified"] is False
+    assert not (run.reports / "incident.md").read_text().startswith("**INCIDENT RESOLVED**")
+
+
+@pytest.fixture
+def stopped_postgres(sandbox: Sandbox) -> Iterator[None]:
+    """The sandbox's PostgreSQL itself stopped (pg_ctl stop -m fast), started again on the same data after."""
+    from pathlib import Path
+
+    from labcheck.sandbox import postgres
+    from labcheck.sandbox.state import locked, state_path, write_json
+
+    d = Path(sandbox.state["dir"])
+    pgdata = d / "pgdata"
+    argv = shlex.split((pgdata / "postmaster.opts").read_text())  # the server's own command line
+    opts = [a for i, a in enumerate(argv[1:], 1) if a != "-D" and argv[i - 1] != "-D"]
+    postgres.stop_postgres(d, sandbox.state["services"]["postgres"]["pid"])
+    _poll(lambda: postgres.postmaster_pid(pgdata) is None, "postgres to stop")
+    try:
+        yield
+    finally:
+        res = postgres._run_pg_tool(d, [str(postgres.pg_bindir() / "pg_ctl"), "start", "-W", "-D", str(pgdata),
+                                        "-l", str(d / "logs" / "postgres.log"), "-o", shlex.join(opts)],
+                                    "pg_ctl", 30)
+        assert res.returncode == 0, "pg_ctl start failed: see the sandbox's logs/pg_ctl.log"
+        pid = _poll(lambda: postgres.postmaster_pid(pgdata), "postgres to write postmaster.pid")
+        sandbox.state["services"]["postgres"]["pid"] = pid  # the sandbox's record: `sandbox up` finds it healthy
+        with locked(d):
+            state = json.loads(state_path(d).read_text())
+            state["services"]["postgres"]["pid"] = pid
+            write_json(state_path(d), state)
+        _poll(lambda: sandbox.run_checks("checks/database.py", "-k", "accepts_connections").returncode == 0,
+              "the database to accept connections again")
+
+
+def _poll(predicate: Any, what: str, deadline_s: float = 30) -> Any:
+    end = time.monotonic() + deadline_s
+    while not (value := predicate()):
+        assert time.monotonic() < end, f"{what}: not within {deadline_s:g} s"
+        time.sleep(0.2)
+    return value
+
+
+def test_postgresql_really_stopped_is_the_primary_unreachable(sandbox: Sandbox, stopped_postgres: None) -> None:
+    run = sandbox.run_checks("checks/database.py")
+    data = _primary_unreachable(run)
+    # The application's pool fills with requests waiting for a server that is gone: a symptom of it,
+    # so the steps of connection exhaustion (terminate idle connections) never come first.
+    pool = [s for s in data["symptoms"] if s["scenario"] == "db-connection-exhaustion"]
+    assert all(s["caused_by"] == ["database-unreachable (database)"] for s in pool), data["symptoms"]
+    assert [c["scenario"] for c in data["causes"]] == ["database-unreachable"], data["causes"]
+    steps = [s for s in data["next_steps"] if s["scenario"] == "database-unreachable"]
+    assert data["next_steps"][: len(steps)] == steps and not any("idle" in s["step"].lower() for s in steps)
+    assert "database_overload" not in data["facts"] or "implied" not in data["fact_sources"]["database_overload"]
+    assert "Database issue: escalate to DBA on-call (Phone)" in data["escalation"]
+    assert not any(line.startswith("Data breach") for line in data["escalation"])
+    assert data["verified"] is False
+    incident = (run.reports / "incident.md").read_text()
+    assert incident.startswith("**INCIDENT DECLARED**") and "INCIDENT RESOLVED" not in incident
 
 
 def _app_dsn(sandbox: Sandbox) -> dict[str, Any]:

@@ -115,6 +115,7 @@ def test_canary_after_a_refused_put_has_nothing_to_leave() -> None:
                      "delete": _client_error(403, "AccessDenied", "DeleteObject")})
     result = s3.run_canary(client, "b")
     assert result.failure and result.failure.startswith("put failed: HTTP 403")
+    assert result.failure_kind == "forbidden"  # the facade applies the reach check's 403 rule to it
     assert not result.left_behind
     assert client.calls == ["put", "delete"]
 
@@ -340,3 +341,33 @@ def test_access_denied_to_labcheck_alone_is_unknown(healed: Any) -> None:
     assert reach["outcome"] == "unknown", reach
     assert "labcheck's own credentials" in reach["message"] and "reports storage 'ok'" in reach["message"]
     assert run.triage["severity"] is None
+
+
+@pytest.mark.parametrize(("platform_storage", "outcome", "text"), [
+    ("ok", "unknown", "labcheck's own credentials"),
+    ("error", "failed", "put failed: HTTP 403"),
+])
+def test_access_denied_in_the_write_canary_follows_the_reach_rule(healed: Any, platform_storage: str, outcome: str,
+                                                                   text: str) -> None:
+    from standin import StandIn
+
+    refusing = StandIn(lambda path, query: (403, ACCESS_DENIED))  # S3 refuses every write of labcheck's
+    # The platform's readiness: the sandbox API's (storage ok), or one that reports storage failing too.
+    api = StandIn(lambda path, query: (200, {"status": "degraded", "components": {
+        "storage": {"status": platform_storage, "detail": "AccessDenied"}}}))
+    try:
+        keys = [k for k in TARGET_KEYS if k not in ("s3_endpoint", "api_url")]
+        run = healed.run_checks(CHECKS, "-m", "writes", "-k", "write_canary",
+                                "--s3-bucket", healed.settings["s3_bucket"], "--set", f"s3_endpoint={refusing.url}",
+                                "--set", f"api_url={api.url if platform_storage != 'ok' else healed.settings['api_url']}",
+                                *_explicit_targets(healed, *keys))
+    finally:
+        refusing.close()
+        api.close()
+    check = run.check("check_write_canary")
+    assert check["outcome"] == outcome, check
+    assert text in (check["message"] or ""), check
+    if outcome == "unknown":
+        assert "reports storage 'ok'" in check["message"] and run.triage["severity"] is None
+    else:
+        assert run.triage["severity"] == "SEV-2" and run.triage["probable_cause"]["scenario"] == "storage-failure"

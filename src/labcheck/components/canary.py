@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from labcheck.components.auth import usable_token
 from labcheck.errors import NotConfigured, ProbeError
 from labcheck.lab import Lab
 from labcheck.prefetch import component, fact
@@ -67,7 +68,10 @@ class ExperimentCanary:
                                 target=f"POST {s.api_url}/experiments")
         url = f"{s.api_url}/experiments?dry_run=true"
         spec = canary_spec()
-        headers = {"Authorization": f"Bearer {s.test_token}", "User-Agent": "labcheck-canary"}
+        # Read locally first, as the auth checks do: an expired token (or not a JWT) is labcheck's
+        # own problem, UNKNOWN, and is never sent.
+        token = usable_token(str(s.test_token))
+        headers = {"Authorization": f"Bearer {token}", "User-Agent": "labcheck-canary"}
         try:
             result = self.lab.fact(f"POST {url}", lambda: http.post(self.lab, url, spec, headers=headers), target=url)
         except ProbeError as exc:

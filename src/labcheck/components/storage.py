@@ -247,6 +247,7 @@ class CanaryResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None
     left_behind: bool = False
+    failure_kind: str | None = None  # the KINDS name of the S3 answer that failed it ("forbidden", ...)
 
     @property
     def ok(self) -> bool:
@@ -291,6 +292,7 @@ def run_canary(client: Any, bucket: str, *, prefix: str = CANARY_PREFIX, size: i
             result.failure = f"read back {len(got)} bytes that differ from the {len(body)} bytes written"
     except errors as exc:
         result.failure = f"{result.steps[-1]['step']} failed: {classify(exc).describe()}"
+        result.failure_kind = classify(exc).kind
     finally:
         try:
             step("delete", lambda: client.delete_object(Bucket=bucket, Key=key))
@@ -298,6 +300,7 @@ def run_canary(client: Any, bucket: str, *, prefix: str = CANARY_PREFIX, size: i
             result.left_behind = may_exist
             if result.failure is None:
                 result.failure = f"delete failed: {classify(exc).describe()}"
+                result.failure_kind = classify(exc).kind
     return result
 
 
@@ -414,8 +417,16 @@ class Storage:
 
     @fact(None)  # it writes: never ahead of the check that opted in
     def canary(self) -> CanaryResult:
-        """Put, get, compare and delete one object under ``labcheck-canary/`` (writes!)."""
-        return canary(self.lab)
+        """Put, get, compare and delete one object under ``labcheck-canary/`` (writes!).
+
+        An AccessDenied follows the reach check's rule: labcheck's own access (UNKNOWN) unless the
+        platform's readiness says storage fails too.
+        """
+        result = canary(self.lab)
+        if result.failure_kind == "forbidden":
+            left = f"; canary object {result.key} may be left behind: delete it" if result.left_behind else ""
+            self._refused_unless_platform_fails(f"write canary s3://{result.bucket}: {result.failure}{left}")
+        return result
 
 
 @pytest.fixture(scope="session")

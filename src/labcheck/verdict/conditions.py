@@ -23,6 +23,7 @@ CONDITIONS: dict[str, str] = {
     "lock_holder_found": "blocking-lock",  # a session holds a lock others wait on
     "api_not_answering": "api-not-answering",  # /health timed out or was refused
     "prometheus_down": "prometheus-down",  # Prometheus's ready endpoint does not say ready
+    "prometheus_misidentified": "prometheus-down",  # the URL answers 200, but not as Prometheus does
 }
 
 # Conditions that are evidence of a breach (the escalation matrix's "Data breach suspected").
@@ -78,6 +79,8 @@ STATE_SCENARIOS = frozenset({"pod-crash-loop", "api-not-answering"})
 # --- the observed lock holder ------------------------------------------------------------------
 
 LOCK_SCENARIO = "blocking-lock"
+# The primary refusing or not answering: what else fails in the database waits on it (rank).
+UNREACHABLE_SCENARIO = "database-unreachable"
 
 
 def holder_steps(facts: Mapping[str, Any], sources: Mapping[str, str], roles: Mapping[str, str]) -> list[Advice]:

@@ -86,9 +86,15 @@ def _sla(s: Situation) -> Verdict:
 def _infrastructure(s: Situation) -> Verdict:
     if s.facts.get("aws_outage"):
         return True, f"aws_outage = true ({s.sources.get('aws_outage', 'run')})"
-    hit = [f"{c.label} ({INFRASTRUCTURE[c.component]})" for c in s.causes if c.component in INFRASTRUCTURE]
+    # A bucket deleted, full or refused while S3 itself answers (aws_outage ruled out by this run) is
+    # not the provider's to fix: no support ticket for it.
+    ruled_out = "aws_outage" in s.facts and not s.facts["aws_outage"]
+    hit = [f"{c.label} ({INFRASTRUCTURE[c.component]})" for c in s.causes
+           if c.component in INFRASTRUCTURE and not (c.component == "storage" and ruled_out)]
     if hit:
         return True, "cause in managed infrastructure: " + ", ".join(hit)
+    if ruled_out and any(c.component == "storage" for c in s.causes):
+        return False, f"S3 answers (aws_outage = false, {s.sources.get('aws_outage', 'run')}): the storage cause is not the provider's"
     return False, "no cause in managed infrastructure"
 
 

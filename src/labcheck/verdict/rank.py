@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from labcheck.config import KEYS, Settings
 from labcheck.scenarios import Catalogue
-from labcheck.verdict.conditions import LOCK_SCENARIO
+from labcheck.verdict.conditions import LOCK_SCENARIO, UNREACHABLE_SCENARIO
 from labcheck.verdict.model import CheckResult, Finding, Rollout
 
 # The failing components a deployment's rollout can explain: the API is the gateway and checks
@@ -87,6 +87,10 @@ def _explains(a: Finding, b: Finding, catalogue: Catalogue) -> str | None:
         # An observed lock holder: the sessions waiting on it keep their connections and their queries
         # run long, so pool saturation, idle transactions and slow queries there follow from it.
         return f"sessions waiting on the lock holder keep their connections and queries waiting ({b.label})"
+    if a.scenario == UNREACHABLE_SCENARIO and b.component == a.component and b.scenario != a.scenario:
+        # The primary refuses or does not answer: the application's pool fills with requests waiting
+        # for connections it cannot open, so pool saturation there follows from it (not a second cause).
+        return f"requests wait for connections the unreachable primary does not give ({b.label})"
     if a.level > max(b.level, MINOR_CAUSE_LEVEL):
         # A limited-impact condition (SEV-3/4) does not explain a worse one elsewhere.
         return None
