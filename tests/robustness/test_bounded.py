@@ -26,6 +26,8 @@ import hostile
 import pytest
 from ownbox import clean_env, own_sandbox
 
+from standin import unsigned_jwt
+
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 2  # --probe-timeout of the outage runs, seconds
 DEADLINE = 2  # --triage-deadline of the deadline run, seconds
@@ -122,7 +124,7 @@ def target_env(tmp: Path, ports: dict[str, int], *, kube_scheme: str = "http") -
         LABCHECK_AWS_ACCESS_KEY_ID="AKIAOUTAGE",
         LABCHECK_AWS_SECRET_ACCESS_KEY="outage-secret-key",
         LABCHECK_DATABASE_URL=f"postgresql://labcheck:outage@127.0.0.1:{ports['postgres']}/llm_research",
-        LABCHECK_TEST_TOKEN="outage-token",
+        LABCHECK_TEST_TOKEN=unsigned_jwt(),  # JWT-shaped and unexpired: labcheck reads exp before use
         KUBECONFIG=str(kubeconfig(tmp / f"kubeconfig-{kube_scheme}",
                                   f"{kube_scheme}://127.0.0.1:{ports['kube']}")),
     )
