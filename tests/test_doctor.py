@@ -58,7 +58,7 @@ def test_review_answers_from_the_rules() -> None:
     assert ask(resource="pods", verb="watch", namespace="llm-research")
     assert not ask(resource="pods", verb="delete", namespace="llm-research")
     assert not ask(resource="pods", verb="list", namespace="kube-system")
-    assert ask(resource="nodes", verb="list") and not ask(resource="nodes", verb="watch")
+    assert ask(resource="nodes", verb="watch") and not ask(resource="nodes", verb="delete")
     assert ask(resource="secrets", verb="get", name="llm-research-secrets", namespace="llm-research")
     assert not ask(resource="secrets", verb="get", name="other", namespace="llm-research")
     assert not ask(resource="secrets", verb="list", namespace="llm-research")

@@ -30,7 +30,7 @@ KUBE_ACCESS = (
     ("apps", "deployments", ("get", "list", "watch"), True),
     ("apps", "replicasets", ("get", "list", "watch"), True),
     # Nodes are listed, not watched: deploy/rbac.yaml grants get/list only.
-    ("", "nodes", ("get", "list"), False),
+    ("", "nodes", ("get", "list", "watch"), False),
 )
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 

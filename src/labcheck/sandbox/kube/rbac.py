@@ -31,7 +31,7 @@ def grants(secret_name: str = "llm-research-secrets") -> tuple[Grant, ...]:
         Grant(True, "", ("pods", "pods/log", "events"), READ),
         Grant(True, "apps", ("deployments", "replicasets"), READ),
         Grant(True, "", ("secrets",), ("get",), (secret_name,)),
-        Grant(False, "", ("nodes",), ("get", "list")),
+        Grant(False, "", ("nodes",), ("get", "list", "watch")),
     )
 
 
