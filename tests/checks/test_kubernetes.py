@@ -243,6 +243,8 @@ def _revision(number, images=("registry/llm-research-api:v1",), created=1.0):
     (1, [_revision(1, images=(), created=None)],
      ["revision 1 names no container image", "revision 1 has no creation time"]),
 ])
+# Imported here, checks/kubernetes.py's component markers are not registered (this run is not a triage).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
 def test_a_rollout_history_without_the_running_revision_fails(current, history, gaps):
     # check_recent_rollout_is_recorded can fail: a gap in the history is FAILED (the listing was read).
     from checks.kubernetes import _rollout_gaps
