@@ -29,7 +29,6 @@ KUBE_ACCESS = (
     ("", "events", ("get", "list", "watch"), True),
     ("apps", "deployments", ("get", "list", "watch"), True),
     ("apps", "replicasets", ("get", "list", "watch"), True),
-    # Nodes are listed, not watched: deploy/rbac.yaml grants get/list only.
     ("", "nodes", ("get", "list", "watch"), False),
 )
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -124,7 +123,7 @@ def kubernetes(lab: Lab) -> Iterator[Row]:
         try:
             denied = [q["verb"] for q in questions if not _review(api, lab, q)]
         except Exception as exc:  # noqa: BLE001 - the probe's own classification names it
-            raise kube._classify(exc, "SelfSubjectAccessReview") from None
+            raise kube.classify(exc, "SelfSubjectAccessReview") from None
         yield Row("kubernetes", label, FAIL if denied else OK,
                   f"denied: {', '.join(denied)}" if denied else f"allowed ({kube.server})")
 
@@ -168,24 +167,29 @@ TARGETS: tuple[tuple[str, str, Callable[[Lab], Iterator[Row]]], ...] = (
 
 def diagnose(settings: Settings) -> list[Row]:
     """Every target's rows; a target that cannot be asked is one FAIL row saying why."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from labcheck.evidence import Redactor
 
     lab = Lab(settings, redactor=Redactor(settings.secrets))
-    rows: list[Row] = []
+
+    def rows_of(name: str, key: str, ask: Callable[[Lab], Iterator[Row]]) -> list[Row]:
+        if not settings.values.get(key) and not (name == "kubernetes" and settings.values.get("in_cluster")):
+            return [Row(name, "configured", SKIP, f"{key} is not configured")]
+        try:
+            return list(ask(lab))  # all of a target's rows, or the one line saying why not
+        except NotConfigured as exc:
+            return [Row(name, "access", SKIP, _reason(exc))]
+        except Exception as exc:  # noqa: BLE001 - one line per target, never a traceback
+            return [Row(name, "access", FAIL, _reason(exc))]
+
+    # The targets are asked at once: a hung target costs the doctor its timeout, not the sum of them.
     try:
-        for name, key, ask in TARGETS:
-            if not settings.values.get(key) and not (name == "kubernetes" and settings.values.get("in_cluster")):
-                rows.append(Row(name, "configured", SKIP, f"{key} is not configured"))
-                continue
-            try:
-                rows.extend(list(ask(lab)))  # all of a target's rows, or the one line saying why not
-            except NotConfigured as exc:
-                rows.append(Row(name, "access", SKIP, _reason(exc)))
-            except Exception as exc:  # noqa: BLE001 - one line per target, never a traceback
-                rows.append(Row(name, "access", FAIL, _reason(exc)))
+        with ThreadPoolExecutor(max_workers=len(TARGETS), thread_name_prefix="labcheck-doctor") as pool:
+            found = list(pool.map(lambda target: rows_of(*target), TARGETS))
     finally:
         lab.close()
-    return [Row(r.target, r.check, r.status, lab.redact(r.reason)) for r in rows]
+    return [Row(r.target, r.check, r.status, lab.redact(r.reason)) for rows in found for r in rows]
 
 
 def render(rows: list[Row], target: str) -> str:

@@ -155,7 +155,7 @@ class KubeApi:
 
     # ---- one bounded request
 
-    def _classify(self, exc: BaseException, what: str) -> ProbeError:
+    def classify(self, exc: BaseException, what: str) -> ProbeError:
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -233,7 +233,7 @@ class KubeApi:
         except ProbeError:
             raise
         except Exception as exc:  # noqa: BLE001 - every client failure becomes a named ProbeError
-            raise self._classify(exc, what) from None
+            raise self.classify(exc, what) from None
 
     def _json(self, what: str, body: bytes) -> Any:
         try:
