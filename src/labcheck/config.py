@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from labcheck import signals
 from labcheck.errors import ConfigError
 from labcheck.evidence import mask_dsn
 from labcheck.timefmt import duration_s, parse_timestamp
@@ -273,8 +274,8 @@ KEYS: dict[str, Key] = {
         Key("canary_writes", _bool, False, "Run the opt-in S3 write canary (also enabled by -m writes)"),
         Key("s3_quota_series", _nonempty, "storage_quota_bytes", "Prometheus series with the bucket quota, read when s3_quota_bytes is unset"),
         Key("scrape_stale_factor", _positive, 2.0, "A scrape is stale when its last sample is older than this many scrape intervals"),
-        Key("app_series", _names, ("http_requests_total", "http_request_duration_seconds_bucket", "db_pool_connections", "db_pool_waiters"),
-            "Series the application must expose (other checks read them)"),
+        # The signal map (issue 12): which metrics, labels and body fields the checks read.
+        *signals.keys(Key),
         # The gate, the canary and pushed metrics (issue 8).
         Key("history_window", _duration, None,
             "History checks: every minute of this look-back must be under the thresholds (set by labcheck gate)"),
@@ -388,6 +389,7 @@ def read_profile(path: str) -> dict[str, tuple[Any, str]]:
         raise ConfigError(f"profile {name}: not valid TOML: {exc}") from None
     out: dict[str, tuple[Any, str]] = {}
     for key, dotted, value in _flatten(data):
+        key = signals.RENAMED.get(key, key)
         if key not in KEYS:
             raise ConfigError(f"profile {name}, key {dotted}: unknown key (known: see `labcheck keys`)")
         out[key] = (value, f"profile {name}, key {dotted}")
@@ -412,7 +414,8 @@ def parse_assignments(items: Iterable[str], source: str) -> dict[str, tuple[Any,
     out: dict[str, tuple[Any, str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_").lower()
+        key = key.strip().replace("-", "_").replace(".", "_").lower()
+        key = signals.RENAMED.get(key, key)
         if not sep:
             raise ConfigError(f"{source} {item!r}: expected KEY=VALUE")
         if key not in KEYS:

@@ -140,6 +140,14 @@ class Lab:
                 self._clients[name] = made
             return made
 
+    def peek(self, key: str) -> Any:
+        """A fact's value if it was fetched in this run and succeeded, else None (never fetches)."""
+        with self._lock:
+            future = self._facts.get(key)
+        if future is None or not future.done() or future.exception() is not None:
+            return None
+        return future.result()
+
     def check_deadline(self) -> None:
         """Raise DeadlineReached once the run-wide triage deadline has passed."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
