@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labcheck.errors import ProbeBadResponse
+from labcheck.errors import NoData, ProbeBadResponse
 
 READINESS = [
     pytest.param("db", marks=[pytest.mark.sev1, pytest.mark.database,
@@ -47,7 +47,7 @@ def check_readiness_reports_component_ok(api, component, expect):
 def check_api_is_not_failing_most_requests(api, settings, expect):
     rates = api.rates()
     limit = settings.error_ratio_sev1
-    expect(rates.overall < limit, target=f"API 5xx ratio over {rates.window}",
+    expect(rates.overall < limit, target=_ratio_target(rates),
            observed=f"{rates.overall:.1%}", threshold=f"< {limit:.0%} (the API is unavailable at or above it)",
            detail=_worst(rates))
 
@@ -58,7 +58,7 @@ def check_api_is_not_failing_most_requests(api, settings, expect):
 def check_error_ratio_below_sev2(api, settings, expect):
     rates = api.rates()
     limit = settings.error_ratio_sev2
-    expect(rates.overall <= limit, target=f"API 5xx ratio over {rates.window}",
+    expect(rates.overall <= limit, target=_ratio_target(rates),
            observed=f"{rates.overall:.1%}", threshold=f"<= {limit:.0%}", detail=_worst(rates))
 
 
@@ -68,12 +68,13 @@ def check_error_ratio_below_sev2(api, settings, expect):
 def check_endpoint_error_ratio(api, api_endpoint, settings, expect):
     rates = api.rates()
     ratios = rates.ratios()
+    label = rates.signals.endpoint_label
     if api_endpoint not in ratios:
-        from labcheck.errors import NoData
-
-        raise NoData(f"no requests to {api_endpoint} in the last {rates.window}", target="Prometheus")
+        seen = ", ".join(sorted(ratios)[:10]) or "none"
+        raise NoData(f"no requests with {label}={api_endpoint!r} in the last {rates.window} "
+                     f"(endpoints seen: {seen})", target=f"Prometheus {rates.signals.requests}")
     limit = settings.endpoint_error_ratio_sev3
-    expect(ratios[api_endpoint] <= limit, target=f"API 5xx ratio on {api_endpoint} over {rates.window}",
+    expect(ratios[api_endpoint] <= limit, target=_ratio_target(rates, api_endpoint),
            observed=f"{ratios[api_endpoint]:.1%}", threshold=f"<= {limit:.0%}", detail=_worst(rates))
 
 
@@ -83,11 +84,26 @@ def check_endpoint_error_ratio(api, api_endpoint, settings, expect):
 def check_p95_latency_below_threshold(api, settings, expect):
     p95 = api.p95_by_path()
     limit = settings.p95_latency_s
-    slow = sorted(p95.items(), key=lambda kv: kv[1], reverse=True)
-    worst_path, worst = slow[0]
-    expect(worst <= limit, target=f"API p95 latency over {settings.window}",
-           observed=f"{worst:.2f} s on {worst_path}", threshold=f"<= {limit:g} s",
-           detail="slowest endpoints: " + ", ".join(f"{p} {v:.2f} s" for p, v in slow[:5]))
+    judged = {path: q.judge(limit) for path, q in p95.items()}
+    over = sorted((p for p, ok in judged.items() if ok is False), key=lambda p: p95[p].value, reverse=True)
+    unclear = sorted(p for p, ok in judged.items() if ok is None)
+    if not over and unclear:
+        # histogram_quantile answers with the largest finite bucket when the quantile lies beyond it:
+        # read as a value, that is a pass no bucket supports.
+        largest = p95[unclear[0]].largest
+        raise NoData(f"buckets end at {largest:g} s; p95 against {limit:g} s cannot be judged "
+                     f"(p95 above {largest:g} s on {', '.join(unclear)})", target="API p95 latency")
+    slow = sorted(p95.items(), key=lambda kv: (kv[1].beyond_buckets, kv[1].value), reverse=True)
+    worst_path, worst = (over[0], p95[over[0]]) if over else slow[0]
+    expect(not over, target=f"API p95 latency over {settings.window}",
+           observed=f"{worst.describe()} on {worst_path}", threshold=f"<= {limit:g} s",
+           detail="slowest endpoints: " + ", ".join(f"{p} {q.describe()}" for p, q in slow[:5]))
+
+
+def _ratio_target(rates, endpoint=None):
+    m = rates.signals
+    where = f" on {endpoint}" if endpoint else ""
+    return f"API 5xx ratio{where} over {rates.window} ({m.requests} by {m.endpoint_label}, {m.status_label})"
 
 
 def _worst(rates):

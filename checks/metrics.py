@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-# Which checks read each application series: when it is missing they report UNKNOWN (no data).
+from labcheck.errors import NoData
+
+# Which checks read each role of the signal map: while it is missing they report UNKNOWN (no data).
 DEPENDENTS = {
-    "http_requests_total": "API 5xx ratio checks (api_gateway), 401/403 ratio (auth)",
-    "http_request_duration_seconds_bucket": "API p95 latency (api_gateway)",
-    "db_pool_connections": "connection pool saturation (database)",
-    "db_pool_waiters": "connection pool waiters (database)",
+    "requests": "API 5xx ratio checks (api_gateway), 401/403 ratio (auth)",
+    "duration": "API p95 latency (api_gateway)",
+    "pool": "connection pool saturation through Prometheus (database; it falls back to the API's /metrics)",
 }
 
 # Losing metrics collection blinds monitoring, users are not affected: SEV-3 (impact matrix).
@@ -65,11 +66,13 @@ def check_scrapes_fresh(prom, settings, expect):
 
 @pytest.mark.sev3
 @pytest.mark.metrics
-def check_app_exposes_series(prom, series_name, expect):
-    counts = prom.series_present()
-    found = counts[series_name]
-    needed_by = DEPENDENTS.get(series_name, "checks configured in app_series")
-    expect(found > 0, target=f"series {series_name} in Prometheus", observed=f"{found} series",
-           threshold="at least one series",
-           detail=f"missing: {needed_by} report UNKNOWN (no data) until the application exposes it",
-           evidence={"series": counts})
+def check_app_exposes_series(prom, signal_role, expect):
+    # Missing instrumentation is a blind spot, not an incident: the getter reports it UNKNOWN, naming
+    # what it looked for. A pass needs the series *and* the labels the other checks read.
+    try:
+        found = prom.signal_series(signal_role)
+    except NoData as exc:
+        raise NoData(f"{exc.reason}; {DEPENDENTS[signal_role]} report UNKNOWN until it is exposed",
+                     target=exc.target) from None
+    expect(bool(found), target=f"the {signal_role} signals in Prometheus", observed=found,
+           threshold="series with the labels the signal map names")

@@ -15,12 +15,19 @@ from typing import Any
 
 import pytest
 
-from labcheck import allure_results, verdict
+from labcheck import allure_results, signals, verdict
 from labcheck.errors import Unknown
 from labcheck.evidence import Redactor
 from labcheck.expect import ExpectFailure
 from labcheck.markers import check_meta, is_check
-from labcheck.session import catalogue_key, redactor_key, reports_dir, settings_key, started_key
+from labcheck.session import (
+    catalogue_key,
+    lab_key,
+    redactor_key,
+    reports_dir,
+    settings_key,
+    started_key,
+)
 
 
 def _unknown_reason(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
@@ -230,6 +237,8 @@ class Triage:
                 settings=config.stash[settings_key],
                 started_at=config.stash[started_key],
                 finished_at=time.time(),
+                signals=signals.note(lab.peek(signals.RUN_KEY) if (lab := config.stash.get(lab_key, None)) else None,
+                                     str(config.stash[settings_key].signals)),
             )
             verdict.write(reports_dir(config), self.verdict, config.stash[redactor_key])
         except Exception as exc:  # noqa: BLE001 - a bug in the verdict must not cost the run its results

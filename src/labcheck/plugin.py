@@ -271,7 +271,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return []
     redact = config.stash[redactor_key]
     return [f"labcheck target: {redact(settings.describe())}",
-            f"labcheck timeouts: connect {settings.connect_s:g} s, read {settings.read_s:g} s, window {settings.window}"]
+            f"labcheck timeouts: connect {settings.connect_s:g} s, read {settings.read_s:g} s, window {settings.window}",
+            f"labcheck signals: {settings.signals}" + (" (detected from the live series when a check first reads "
+                                                       "a request metric; the summary names the result)"
+                                                       if settings.signals == "auto" else "")]
 
 
 # --- collection rule -------------------------------------------------------------------------

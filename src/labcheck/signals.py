@@ -154,7 +154,7 @@ class SignalMap:
                 "waiters": self.pool_waiters}
 
     def describe(self) -> str:
-        return f"{self.name}: {self.why}"
+        return self.why if self.why.startswith("auto:") else f"{self.name}: {self.why}"
 
     def request_fields(self) -> dict[str, str]:
         return {f: str(getattr(self, f)) for f in REQUEST_FIELDS}
@@ -403,3 +403,15 @@ def detect(shape: Shape, fields_set: Mapping[str, str]) -> Detected:
         why += f" (also fits: {', '.join(p.name for p, _ in fits[1:])})"
     rest = {k: v for k, v in fields_set.items() if k not in request_set}
     return Detected(with_overrides(replace(m, name=preset.name, why=why), rest), why)
+
+
+RUN_KEY = "signal map"  # the run's fact: the Detected map (components/_signals.py fetches it)
+
+
+def note(detected: Any, preset: str) -> str:
+    """Which map a run used and why, for the reports: what ``auto`` found, if a check asked."""
+    if isinstance(detected, Detected):
+        return detected.map.describe() if detected.map is not None else detected.reason
+    if preset == AUTO:
+        return "auto: not detected (no check read a request metric)"
+    return f"{preset}: set in the configuration"

@@ -32,6 +32,15 @@ def _vector(value: float | None) -> dict[str, Any]:
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
+def _playbook_series(expr: str) -> dict[str, Any] | None:
+    """The answer to the signal map's detection query: the playbook's counter, exact status codes."""
+    if not expr.startswith("topk by (__name__"):
+        return None
+    result = [{"metric": {"__name__": "http_requests_total", "path": "/experiments", "status": code},
+               "value": [0, "1"]} for code in ("200", "401")]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
 # --- without the sandbox ---------------------------------------------------------------------
 
 
@@ -128,6 +137,8 @@ def test_auth_error_ratio_fails_and_compares_with_an_hour_before(
         healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
     def answer(path: str, query: str) -> tuple[int, Any]:
         expr = parse_qs(query).get("query", [""])[0]
+        if (shape := _playbook_series(expr)) is not None:
+            return 200, shape
         earlier = "offset 1h" in expr
         if "401|403" in expr:
             return 200, _vector(1.0 if earlier else 5.0)
@@ -145,6 +156,8 @@ def test_auth_error_ratio_says_when_there_is_nothing_to_compare(
         healed: Any, stand_in: Callable[[Answer], StandIn]) -> None:
     def answer(path: str, query: str) -> tuple[int, Any]:
         expr = parse_qs(query).get("query", [""])[0]
+        if (shape := _playbook_series(expr)) is not None:
+            return 200, shape
         if "offset 1h" in expr:
             return 200, _vector(None)
         return 200, _vector(0.0 if "401|403" in expr else 20.0)

@@ -7,12 +7,15 @@ need no query: ``static``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
+
 from labcheck import signals
-from labcheck.errors import NoData
+from labcheck.errors import NoData, Unknown
 from labcheck.lab import Lab
 from labcheck.probes import prometheus
 
-KEY = "signal map"
+KEY = signals.RUN_KEY
 
 
 def _fields(lab: Lab) -> dict[str, str]:
@@ -34,10 +37,28 @@ def static(lab: Lab) -> signals.SignalMap:
 
 
 def start(lab: Lab) -> None:
-    """Start detecting the map in the background (a named preset needs no query)."""
-    if lab.settings.prometheus_url and _auto(lab):
+    """Start the detection query in the background: it detects ``auto``'s map, and is the evidence
+    that the live series carry what any map needs (``verify``)."""
+    if lab.settings.prometheus_url:
         prometheus.start(lab, _query(lab))
-        lab.start(KEY, lambda: _resolve(lab), origin=None)
+        if _auto(lab):
+            lab.start(KEY, lambda: _resolve(lab), origin=None)
+
+
+def start_queries(lab: Lab, what: str, queries: Callable[[signals.SignalMap], Sequence[str]]) -> None:
+    """Start the queries a map gives: now for a named preset, right after detection under ``auto``."""
+    if not lab.settings.prometheus_url:
+        return
+    start(lab)
+
+    def send() -> None:
+        with contextlib.suppress(Unknown):  # no map: the reader reports why
+            prometheus.start(lab, *queries(resolved(lab)))
+
+    if _auto(lab):
+        lab.start(f"start after detection: {what}", send)
+    else:
+        send()
 
 
 def shape(lab: Lab) -> signals.Shape:
@@ -60,25 +81,27 @@ def resolved(lab: Lab) -> signals.SignalMap:
     return detected.map
 
 
-def require_requests(lab: Lab, m: signals.SignalMap, samples: list[prometheus.Sample], what: str,
-                     when: str = "") -> list[prometheus.Sample]:
-    """The request-rate samples when there are any; else UNKNOWN naming what the live series lack."""
-    if samples:
-        return samples
+def verify(lab: Lab, m: signals.SignalMap, what: str) -> None:
+    """UNKNOWN unless the live request counter carries the map's labels, its status written as the map
+    reads it (codes or classes): else an empty numerator would read as 0%."""
     seen = shape(lab)
     missing = seen.missing(m)
     if missing:
         raise NoData(f"{what}: {seen.seen(m.requests)}; {', '.join(missing)} (signal map {m.name})",
                      target="Prometheus")
+    form = seen.status_form(m.requests, m.status_label)
+    if form != m.status_match:
+        values = ", ".join(sorted(seen.values.get((m.requests, m.status_label), frozenset()))[:8])
+        how = {"code": "exact codes", "class": "classes such as 5xx", None: "neither codes nor classes"}[form]
+        raise NoData(f"{what}: {m.requests} writes {m.status_label} as {how} ({values}); the signal map "
+                     f"{m.name} reads {m.status_match} (set signals.status_match)", target="Prometheus")
+
+
+def require_requests(lab: Lab, m: signals.SignalMap, samples: list[prometheus.Sample], what: str,
+                     when: str = "") -> list[prometheus.Sample]:
+    """The request-rate samples once ``verify`` holds and there are any; else UNKNOWN saying why."""
+    verify(lab, m, what)
+    if samples:
+        return samples
     raise NoData(f"{what}: no requests counted by {m.requests} in the last {lab.settings.window}{when}",
                  target="Prometheus")
-
-
-def note(lab: Lab | None, settings_preset: str) -> str:
-    """Which map this run used and why, for the report (what ``auto`` found, if it was asked)."""
-    detected = lab.peek(KEY) if lab is not None else None
-    if isinstance(detected, signals.Detected):
-        return detected.map.describe() if detected.map is not None else detected.reason
-    if settings_preset == signals.AUTO:
-        return "auto: not detected (no check read a request metric)"
-    return f"{settings_preset}: set in the configuration"

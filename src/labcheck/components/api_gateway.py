@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from labcheck.components import parameter
+from labcheck import signals
+from labcheck.components import _signals, parameter
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
 from labcheck.lab import Lab
@@ -23,6 +25,7 @@ class Rates:
     window: str
     errors: dict[str, float]
     totals: dict[str, float]
+    signals: signals.SignalMap = field(default_factory=signals.SignalMap)
 
     @property
     def overall(self) -> float:
@@ -82,9 +85,70 @@ def health_mismatch(seen: http.HttpResult) -> str | None:
     return f"the body says status {status!r}" if isinstance(doc, dict) else "the body is not a JSON object"
 
 
+@dataclass(frozen=True)
+class Quantile:
+    """A quantile read from histogram buckets, with the bucket it falls in: the evidence for a verdict.
+
+    ``value`` is Prometheus's estimate (linear within the bucket); ``lower``/``upper`` bound the true
+    quantile. In the +Inf bucket the quantile is only known to exceed the largest finite bucket.
+    """
+
+    value: float
+    lower: float
+    upper: float
+    largest: float
+
+    @property
+    def beyond_buckets(self) -> bool:
+        return math.isinf(self.upper)
+
+    def judge(self, limit: float) -> bool | None:
+        """True (at or under ``limit``), False (over), None (the buckets cannot tell)."""
+        if self.beyond_buckets:
+            return False if self.largest >= limit else None
+        if self.upper <= limit:
+            return True
+        if self.lower >= limit:
+            return False
+        return self.value <= limit  # the bucket straddles the limit: Prometheus's own estimate
+
+    def describe(self) -> str:
+        if self.beyond_buckets:
+            return f"> {self.largest:g} s (above the largest bucket)"
+        return f"{self.value:.2f} s"
+
+
 def p95_query(window: str) -> str:
-    """PromQL for the p95 latency by endpoint over ``window``, from the duration histogram."""
+    """PromQL for the p95 latency by endpoint, in the playbook's names (history's, until it reads the map)."""
     return f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{window}])))"
+
+
+def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> Quantile | None:
+    """``histogram_quantile`` over (le, cumulative rate) pairs; None without requests or a +Inf bucket."""
+    rows = sorted(buckets)
+    if not rows or not math.isinf(rows[-1][0]) or len(rows) < 2:
+        return None
+    cumulative, top = [], 0.0
+    for le, count in rows:
+        top = max(top, count)  # rates of cumulative buckets can dip by rounding: keep them monotonic
+        cumulative.append((le, top))
+    total = cumulative[-1][1]
+    if total <= 0:
+        return None
+    largest = cumulative[-2][0]
+    rank = q * total
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in cumulative:
+        if count >= rank:
+            if math.isinf(le):
+                return Quantile(largest, largest, le, largest)
+            if le <= 0:
+                return Quantile(le, le, le, largest)
+            width = count - lower_count
+            value = lower_le + (le - lower_le) * ((rank - lower_count) / width if width > 0 else 1.0)
+            return Quantile(value, lower_le, le, largest)
+        lower_le, lower_count = le, count
+    return None
 
 
 @component("api")
@@ -125,17 +189,16 @@ class Api:
         if self.lab.settings.api_url:
             http.start(self.lab, self.url(path))
 
-    def _start_queries(self, *queries: str) -> None:
-        if self.lab.settings.prometheus_url:
-            prometheus.start(self.lab, *queries)
+    def _rate_queries(self, m: signals.SignalMap) -> tuple[str, str]:
+        w, ep = self.lab.settings.window, m.endpoint_label
+        labelled = m.labelled()
+        return (f"sum by ({ep}) (rate({m.series(m.requests, *labelled, m.status_is('5'))}[{w}]))",
+                f"sum by ({ep}) (rate({m.series(m.requests, *labelled)}[{w}]))")
 
-    def _rate_queries(self) -> tuple[str, str]:
-        w = self.lab.settings.window
-        return (f'sum by (path) (rate(http_requests_total{{status=~"5.."}}[{w}]))',
-                f"sum by (path) (rate(http_requests_total[{w}]))")
-
-    def _p95_query(self) -> str:
-        return p95_query(str(self.lab.settings.window))
+    def _bucket_query(self, m: signals.SignalMap) -> str:
+        ep = m.endpoint_label
+        series = m.series(m.duration + "_bucket", m.labelled()[0])
+        return f"sum by ({ep}, le) (rate({series}[{self.lab.settings.window}]))"
 
     @fact(lambda api, uses: api._start_path("/health"))
     def health(self) -> http.Attempt:
@@ -152,23 +215,41 @@ class Api:
             raise ProbeBadResponse(f"HTTP {result.status} without a 'components' object", target=result.url)
         return components
 
-    @fact(lambda api, uses: api._start_queries(*api._rate_queries()))
+    @fact(lambda api, uses: _signals.start_queries(api.lab, "API rates", api._rate_queries))
     def rates(self) -> Rates:
-        """5xx and total request rates by endpoint, from Prometheus."""
-        w = self.lab.settings.window
-        err_q, all_q = self._rate_queries()
-        prometheus.start(self.lab, err_q, all_q)
-        totals = prometheus.require(prometheus.query(self.lab, all_q), all_q, what="http_requests_total")
-        errors = prometheus.query(self.lab, err_q)
-        return Rates(window=w, errors=prometheus.by_label(errors, "path"),
-                     totals=prometheus.by_label(totals, "path"))
+        """5xx and total request rates by endpoint, from Prometheus, through the signal map.
 
-    @fact(lambda api, uses: api._start_queries(api._p95_query()))
-    def p95_by_path(self) -> dict[str, float]:
-        """p95 latency by endpoint over the window, from the duration histogram."""
-        q = self._p95_query()
-        samples = prometheus.require(prometheus.query(self.lab, q), q, what="http_request_duration_seconds")
-        return prometheus.by_label(samples, "path")
+        Only series that carry the endpoint and status labels count: a ratio needs both, and an empty
+        numerator means 0% only when the denominator is there (else UNKNOWN naming what was seen).
+        """
+        m = _signals.resolved(self.lab)
+        err_q, all_q = self._rate_queries(m)
+        prometheus.start(self.lab, err_q, all_q)
+        totals = _signals.require_requests(self.lab, m, prometheus.query(self.lab, all_q), "API request rates")
+        errors = prometheus.query(self.lab, err_q)
+        ep = m.endpoint_label
+        return Rates(window=self.lab.settings.window, errors=prometheus.by_label(errors, ep),
+                     totals=prometheus.by_label(totals, ep), signals=m)
+
+    @fact(lambda api, uses: _signals.start_queries(api.lab, "API p95", lambda m: [api._bucket_query(m)]))
+    def p95_by_path(self) -> dict[str, Quantile]:
+        """p95 latency by endpoint over the window, read from the duration histogram's buckets."""
+        m = _signals.resolved(self.lab)
+        q = self._bucket_query(m)
+        samples = prometheus.require(prometheus.query(self.lab, q), q,
+                                     what=f"{m.duration}_bucket with label {m.endpoint_label} (signal map {m.name})")
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        for s in samples:
+            try:
+                le = float(s.labels.get("le", ""))
+            except ValueError:
+                continue
+            buckets.setdefault(s.labels.get(m.endpoint_label, ""), []).append((le, s.value))
+        out = {path: got for path, rows in buckets.items() if (got := quantile(0.95, rows)) is not None}
+        if not out:
+            raise NoData(f"no requests in {m.duration}_bucket over the last {self.lab.settings.window} "
+                         "(or no +Inf bucket)", target="Prometheus")
+        return out
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from labcheck.components import parameter
+from labcheck import signals
+from labcheck.components import _signals, parameter
 from labcheck.components.api_gateway import Api
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, Unknown
@@ -109,6 +110,8 @@ class Ratio:
     offset: str | None
     errors: float
     total: float
+    bound: bool = False  # errors are all 4xx (status grouped into classes): an upper bound of 401/403
+    signals: signals.SignalMap = field(default_factory=signals.SignalMap)
 
     @property
     def value(self) -> float:
@@ -138,16 +141,18 @@ class AuthSignals:
         """GET /experiments with the configured test token (fetched once, shared with the experiments checks)."""
         return with_test_token(self.lab, self.api)
 
-    def _exprs(self, offset: str | None) -> tuple[str, str]:
+    def _exprs(self, m: signals.SignalMap, offset: str | None) -> tuple[str, str]:
         w = self.lab.settings.window
         off = f" offset {offset}" if offset else ""
-        return (f'sum(rate(http_requests_total{{status=~"401|403"}}[{w}]{off}))',
-                f"sum(rate(http_requests_total[{w}]{off}))")
+        refused, _ = m.auth_refusals()
+        status = m.labelled()[1]
+        return (f"sum(rate({m.series(m.requests, status, refused)}[{w}]{off}))",
+                f"sum(rate({m.series(m.requests, status)}[{w}]{off}))")
 
     @fact(None)  # the offsets are the check's own: it starts them itself
     def start(self, *offsets: str | None) -> None:
-        for offset in offsets:
-            prometheus.start(self.lab, *self._exprs(offset))
+        _signals.start_queries(self.lab, f"401/403 ratio {offsets}",
+                               lambda m: [q for offset in offsets for q in self._exprs(m, offset)])
 
     def _start_ratio(self) -> None:
         if self.lab.settings.prometheus_url:
@@ -155,16 +160,22 @@ class AuthSignals:
 
     @fact(lambda auth, uses: auth._start_ratio())
     def error_ratio(self, offset: str | None = None) -> Ratio:
-        """The 401/403 share of API requests over the window (``offset`` looks back in time)."""
-        self.start(offset)
-        err_q, all_q = self._exprs(offset)
+        """The 401/403 share of API requests over the window (``offset`` looks back in time).
+
+        Where status is grouped into classes (``4xx``), 401/403 cannot be told from other 4xx: the
+        ratio is then of all 4xx, an upper bound (``bound``).
+        """
+        m = _signals.resolved(self.lab)
+        err_q, all_q = self._exprs(m, offset)
+        prometheus.start(self.lab, err_q, all_q)
         when = f" {offset} earlier" if offset else ""
-        totals = prometheus.require(prometheus.query(self.lab, all_q), all_q, what=f"http_requests_total{when}")
+        totals = _signals.require_requests(self.lab, m, prometheus.query(self.lab, all_q),
+                                           "API request rate", when)
         total = sum(s.value for s in totals)
         if total <= 0:
             raise NoData(f"no API requests in the {self.lab.settings.window} window{when}", target="Prometheus")
         errors = sum(s.value for s in prometheus.query(self.lab, err_q))
-        return Ratio(self.lab.settings.window, offset, errors, total)
+        return Ratio(self.lab.settings.window, offset, errors, total, bound=m.auth_refusals()[1], signals=m)
 
     def _start_clock(self) -> None:
         if self.lab.settings.api_url:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from labcheck.components import parameter
+from labcheck import signals
+from labcheck.components import _signals, parameter
 from labcheck.components.api_gateway import identify
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
@@ -102,14 +103,11 @@ class PrometheusStatus:
             for url in urls:
                 http.start(self.lab, url)
 
-    def _start_queries(self, *exprs: str) -> None:
-        if self.lab.settings.prometheus_url:
-            prometheus.start(self.lab, *exprs)
-
-    def _series_query(self) -> str:
-        names = list(self.lab.settings.app_series)
+    def _series_query(self, m: signals.SignalMap) -> str:
+        names = [m.duration + "_bucket", *m.pool_names().values()]
         pattern = "|".join(re.escape(n) for n in names).replace("\\", "\\\\")  # PromQL string escapes
-        return 'count by (__name__) ({__name__=~"' + pattern + '"})'
+        inner = ",".join(x for x in (m.selector, f'__name__=~"{pattern}"') if x)
+        return f"count by (__name__, {m.endpoint_label}) ({{{inner}}})"
 
     @fact(lambda prom, uses: prom._start_get(prom._ready_url))
     def ready(self) -> http.Attempt:
@@ -156,7 +154,8 @@ class PrometheusStatus:
 
     def _start_freshness(self) -> None:
         self._start_get(self._targets_url)
-        self._start_queries(UP_AGE)
+        if self.lab.settings.prometheus_url:
+            prometheus.start(self.lab, UP_AGE)
 
     @fact(lambda prom, uses: prom._start_freshness())
     def freshness(self) -> list[Freshness]:
@@ -174,13 +173,35 @@ class PrometheusStatus:
             out.append(Freshness(t, ages.get((t.job, t.instance)), factor * t.interval_s))
         return out
 
-    @fact(lambda prom, uses: prom._start_queries(prom._series_query()))
-    def series_present(self) -> dict[str, int]:
-        """How many series of each name in ``app_series`` Prometheus holds now (one query per run)."""
-        names = list(self.lab.settings.app_series)
-        expr = self._series_query()
-        counts = {s.labels.get("__name__", ""): int(s.value) for s in prometheus.query(self.lab, expr)}
-        return {n: counts.get(n, 0) for n in names}
+    @fact(lambda prom, uses: _signals.start_queries(prom.lab, "signal series", lambda m: [prom._series_query(m)]))
+    def signal_series(self, role: str) -> str:
+        """What Prometheus holds of one role of the signal map, with the labels the checks need.
+
+        Returns a description of what was found; missing instrumentation is UNKNOWN (NoData) naming
+        the metrics and labels looked for, never a failure: the application may not expose it.
+        """
+        m = _signals.resolved(self.lab)  # the request counter's labels are verified by detection
+        if role == "requests":
+            _signals.verify(self.lab, m, f"looked for {m.requests} with labels {m.endpoint_label}, {m.status_label}")
+            return _signals.shape(self.lab).seen(m.requests)
+        expr = self._series_query(m)
+        found: dict[str, set[str]] = {}
+        for sample in prometheus.query(self.lab, expr):
+            found.setdefault(sample.labels.get("__name__", ""), set()).add(
+                "labelled" if sample.labels.get(m.endpoint_label) else "unlabelled")
+        if role == "duration":
+            name = m.duration + "_bucket"
+            if "labelled" not in found.get(name, set()):
+                how = "has no series" if name not in found else f"has no label {m.endpoint_label}"
+                raise NoData(f"looked for {name} with label {m.endpoint_label}: {name} {how}", target="Prometheus")
+            return f"{name} by {m.endpoint_label}"
+        pool = m.pool_names()
+        needed = [pool[k] for k in ("connections", "max", "waiters")]
+        absent = [n for n in needed if n not in found]
+        if absent:
+            raise NoData(f"looked for the pool gauges {', '.join(needed)}: {', '.join(absent)} "
+                         "not in Prometheus (the pool check reads the API's /metrics instead)", target="Prometheus")
+        return ", ".join(n for n in pool.values() if n in found)
 
 
 @pytest.fixture(scope="session")
@@ -189,6 +210,10 @@ def prom(lab: Lab) -> PrometheusStatus:
     return PrometheusStatus(lab)
 
 
-@parameter("series_name")
-def _series_names(metafunc: pytest.Metafunc, settings: Settings) -> Sequence[str]:
-    return list(settings.app_series)
+# The roles of the signal map that other checks read from Prometheus (the names come from the map).
+SIGNAL_ROLES = ("requests", "duration", "pool")
+
+
+@parameter("signal_role")
+def _signal_roles(metafunc: pytest.Metafunc, settings: Settings) -> Sequence[str]:
+    return list(SIGNAL_ROLES)

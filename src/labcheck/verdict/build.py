@@ -318,8 +318,9 @@ def build(
     settings: Settings | None,
     started_at: float,
     finished_at: float,
+    signals: str | None = None,
 ) -> dict[str, Any]:
-    """The triage verdict as a JSON-ready dict (see triage.schema.json)."""
+    """The triage verdict as a JSON-ready dict (see triage.schema.json); ``signals`` names the signal map."""
     checks = [_observed(CheckResult.from_raw(r), catalogue) for r in sorted(results, key=lambda r: r["nodeid"])]
     failed = [c for c in checks if c.outcome == "failed"]
     level = min((c.level for c in failed if c.level), default=None)
@@ -359,6 +360,7 @@ def build(
         "severity_definition": lvl.definition if lvl is not None else None,
         "response_time": lvl.response_time if lvl is not None else None,
         "target": settings.describe() if settings else None,
+        "signals": signals,
         "started_at": iso_utc(started_at),
         "finished_at": iso_utc(finished_at),
         "detected_at": iso_utc(finished_at) if sev else None,
@@ -412,7 +414,7 @@ def empty_verdict(*, error: str | None = None, started_at: float | None = None) 
     blind = [asdict(BlindSpot("*", None, None, f"configuration error: {error}"))] if error else []
     return {
         "schema_version": SCHEMA_VERSION, "severity": None, "severity_definition": None, "response_time": None,
-        "error": error, "target": None, "started_at": iso_utc(now), "finished_at": iso_utc(now), "detected_at": None,
+        "error": error, "target": None, "signals": None, "started_at": iso_utc(now), "finished_at": iso_utc(now), "detected_at": None,
         "next_update_at": None, "duration_s": 0.0, "counts": dict.fromkeys(OUTCOMES, 0),
         "affected_components": [], "impact": None, "impact_details": [], "probable_cause": None, "causes": [],
         "symptoms": [], "suspects": [], "ranking": [], "scenarios": [], "next_steps": [], "dropped_steps": [],

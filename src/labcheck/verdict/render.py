@@ -89,6 +89,8 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
             lines.append(f"  UNKNOWN {b['severity']} {b['nodeid']} - {b['reason']}")
     for line in escalation_lines(data):
         lines.append(f"Escalation: {line}")
+    if data.get("signals"):
+        lines.append(f"Signals: {data['signals']}")
     counts = data["counts"]
     lines.append(f"{counts['passed']} passed, {counts['failed']} failed, {counts['unknown']} unknown "
                  f"in {data['duration_s']:.1f} s. Reports: triage.json, incident.md")
@@ -213,6 +215,7 @@ def incident_markdown(data: Mapping[str, Any]) -> str:
         "",
         f"Response time for {data['severity']}: {data.get('response_time') or '?'} "
         f"({data.get('severity_definition') or ''}). Target: {data.get('target')}",
+        f"Signals read through: {data.get('signals') or 'not recorded'}",
         "",
     ]
     if data["next_steps"]:
@@ -277,6 +280,8 @@ def resolution_markdown(data: Mapping[str, Any], *, gate: GateEvidence | None = 
                      f"{data.get('target')}")
     else:
         lines += [f"**Verification:** {_gate_verification(gate, data)}.", "", "**Health evidence:**"]
+    if data.get("signals"):
+        lines.insert(len(lines) - (3 if gate is not None else 0), f"Signals read through: {data['signals']}")
     said = "observed " if gate is None else ""
     for c in data.get("checks", []):
         if c["outcome"] != "passed":
