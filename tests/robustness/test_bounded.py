@@ -364,9 +364,13 @@ def sandbox_env() -> dict[str, str]:
 
 
 def rate_queries(window: str) -> set[str]:
-    """The API 5xx-ratio queries: all of Prometheus the sev1 checks read."""
-    return {f'sum by (path) (rate(http_requests_total{{status=~"5.."}}[{window}]))',
-            f"sum by (path) (rate(http_requests_total[{window}]))"}
+    """All of Prometheus the sev1 checks read: the signal map's one detection query, then the API
+    5xx-ratio queries through the map it finds (the playbook's, on the sandbox)."""
+    from labcheck.signals import detection_query
+
+    return {detection_query({}),
+            f'sum by (path) (rate(http_requests_total{{path!="",status!="",status=~"5[0-9][0-9]"}}[{window}]))',
+            f'sum by (path) (rate(http_requests_total{{path!="",status!=""}}[{window}]))'}
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +396,8 @@ def test_sev1_runs_no_probe_only_other_checks_need(bound_sandbox: dict[str, Any]
     footprint = logs.wait_for(lambda f: wanted <= set(f.queries))
     print(f"\n-m sev1 on the sandbox: {run.elapsed:.2f} s, PromQL {Counter(footprint.queries)}, "
           f"Kubernetes {Counter((r['verb'], r['resource']) for r in footprint.kube)}, {len(footprint.s3)} S3 requests")
-    # Prometheus: the sev1 5xx-ratio queries, each once; no p95 histogram (sev2), no 401/403 ratio (sev2),
-    # no freshness or series queries (sev3).
+    # Prometheus: the detection query and the sev1 5xx-ratio queries, each once; no p95 histogram (sev2),
+    # no 401/403 ratio (sev2), no freshness or series queries (sev3).
     assert Counter(footprint.queries) == Counter(wanted), footprint.queries
     # Kubernetes: the API's pods (ready-pod check), the deployments (available replicas) and the
     # platform secret; no events, nodes or replicasets (sev2..sev4 checks read those).
