@@ -61,6 +61,20 @@ def prometheus(lab: Lab) -> Iterator[Row]:
     ok = isinstance(doc, dict) and doc.get("status") == "success"
     yield Row("prometheus", "query API", OK if ok else FAIL,
               f"GET {url}: HTTP {result.status}" + ("" if ok else ', not {"status":"success"}'))
+    if ok:
+        yield signal_map(lab)
+
+
+def signal_map(lab: Lab) -> Row:
+    """Whether the request metrics can be read through the signal map (what ``auto`` detects)."""
+    from labcheck.components import _signals
+
+    try:
+        m = _signals.resolved(lab)
+        _signals.verify(lab, m, "the request counter")
+    except Unknown as exc:
+        return Row("prometheus", "signal map", FAIL, f"{exc.reason}; set [signals] (see the README)")
+    return Row("prometheus", "signal map", OK, m.describe())
 
 
 _DB_SQL = ("SELECT current_user AS role, pg_has_role(current_user, 'pg_monitor', 'MEMBER') AS monitor, "
