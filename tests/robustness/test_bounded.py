@@ -13,7 +13,6 @@ import inspect
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any
 
 import hostile
 import pytest
-from ownbox import clean_env, own_sandbox
+from ownbox import Run, assert_written, clean_env, own_sandbox, run_checks
 
 from standin import unsigned_jwt
 
@@ -62,43 +61,6 @@ def pytest_unconfigure(config):
 
 
 # --- running the suite ---------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    proc: subprocess.CompletedProcess[str]
-    elapsed: float
-    reports: Path
-
-    @property
-    def output(self) -> str:
-        return self.proc.stdout + self.proc.stderr
-
-    @property
-    def triage(self) -> dict[str, Any]:
-        return json.loads((self.reports / "triage.json").read_text())
-
-    def checks(self) -> dict[str, dict[str, Any]]:
-        return {c["nodeid"]: c for c in self.triage["checks"]}
-
-
-def run_checks(reports: Path, env: dict[str, str], *args: str, timeout: float = 150) -> Run:
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--reports-dir={reports}", *args]
-    if not any(a.startswith("checks") for a in args):
-        cmd.append("checks")
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    return Run(proc, time.monotonic() - started, reports)
-
-
-def assert_written(run: Run) -> dict[str, Any]:
-    """Exit 0 or 1, no traceback, triage.json and Allure results written."""
-    out = run.output
-    assert "Traceback" not in out and "INTERNALERROR" not in out, out[-4000:]
-    assert run.proc.returncode in (0, 1), out[-4000:]
-    assert (run.reports / "triage.json").is_file(), out[-4000:]
-    assert any((run.reports / "allure-results").glob("*-result.json")), "Allure results written"
-    return run.triage
 
 
 def kubeconfig(path: Path, server: str) -> Path:
