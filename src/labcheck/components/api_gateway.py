@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from labcheck.components import parameter
+from labcheck.components import _signals, parameter
+from labcheck.components._bodies import Readiness, read_readiness
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
 from labcheck.lab import Lab
@@ -142,15 +142,14 @@ class Api:
         """GET /health: an answer counts only when it is the API's JSON health body."""
         return identify(self.attempt("/health"), 'the API\'s health answer {"status": "ok"}', health_mismatch)
 
-    @fact(lambda api, uses: api._start_path("/health/ready"))
-    def readiness(self) -> dict[str, Any]:
-        """The components map of /health/ready."""
-        result = self.get("/health/ready")
-        doc = result.json()
-        components = doc.get("components") if isinstance(doc, dict) else None
-        if not isinstance(components, dict):
-            raise ProbeBadResponse(f"HTTP {result.status} without a 'components' object", target=result.url)
-        return components
+    def _readiness_path(self) -> str:
+        return _signals.static(self.lab).readiness_path
+
+    @fact(lambda api, uses: api._start_path(api._readiness_path()))
+    def readiness(self) -> Readiness:
+        """The readiness endpoint's answer read through the signal map (``readiness_*``); never raises
+        for the endpoint's own failure: ``Readiness.judge`` says FAILED or UNKNOWN per component."""
+        return read_readiness(self.attempt(self._readiness_path()), _signals.static(self.lab))
 
     @fact(lambda api, uses: api._start_queries(*api._rate_queries()))
     def rates(self) -> Rates:
