@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from labcheck.components.api_gateway import p95_query
+from labcheck import signals
+from labcheck.components import _signals
 from labcheck.errors import NoData, NotConfigured
 from labcheck.lab import Lab
 from labcheck.markers import DEFAULT_WINDOW, history_window
@@ -152,13 +153,13 @@ class HistorySignals:
         # A minute right after the mitigation still has pre-mitigation requests in its rate window.
         return self.since + self.lab.settings.window_s
 
-    def _series(self, what: str, expr: str) -> History:
+    def _series(self, what: str, expr: str, endpoint_label: str) -> History:
         ends = self.ends()
         minutes: dict[float, Minute] = {}
         if ends:
             matrix = prometheus.query_range(self.lab, expr, start=ends[0], end=ends[-1], step=MINUTE)
             for series in matrix:
-                where = series["labels"].get("path", "")
+                where = series["labels"].get(endpoint_label, "")
                 for ts, value in series["values"]:
                     key = round(ts, 3)
                     if key not in minutes or value > minutes[key].value:
@@ -170,16 +171,31 @@ class HistorySignals:
     @fact(None)
     def error_ratio(self) -> History:
         """The overall 5xx ratio; each minute's value is its worst ``window`` ratio."""
-        w, res = self.rate_window, self._resolution()
-        ratio = (f'(sum(rate(http_requests_total{{status=~"5.."}}[{w}])) or vector(0))'
-                 f" / sum(rate(http_requests_total[{w}]))")
-        return self._series("API 5xx ratio", f"max_over_time(({ratio})[1m:{res}])")
+        m = _signals.resolved(self.lab)
+        expr = f"max_over_time(({error_ratio_query(m, self.rate_window)})[1m:{self._resolution()}])"
+        return self._series("API 5xx ratio", expr, m.endpoint_label)
 
     @fact(None)
     def p95_latency(self) -> History:
         """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95."""
-        p95, res = p95_query(self.rate_window), self._resolution()
-        return self._series("API p95 latency", f"max_over_time(({p95})[1m:{res}])")
+        m = _signals.resolved(self.lab)
+        expr = f"max_over_time(({p95_query(m, self.rate_window)})[1m:{self._resolution()}])"
+        return self._series("API p95 latency", expr, m.endpoint_label)
+
+
+def error_ratio_query(m: signals.SignalMap, window: str) -> str:
+    """The overall 5xx ratio over ``window``, counting only request series that carry the endpoint and
+    status labels: with none, the denominator is empty and so is the ratio (no data, never 0%)."""
+    labelled = m.labelled()
+    errors = m.series(m.requests, m.status_is("5"), *labelled)
+    total = m.series(m.requests, *labelled)
+    return f"(sum(rate({errors}[{window}])) or vector(0)) / sum(rate({total}[{window}]))"
+
+
+def p95_query(m: signals.SignalMap, window: str) -> str:
+    """The p95 latency by endpoint over ``window``, from the map's duration histogram."""
+    buckets = m.series(m.duration + "_bucket")
+    return f"histogram_quantile(0.95, sum by ({m.endpoint_label}, le) (rate({buckets}[{window}])))"
 
 
 @pytest.fixture(scope="session")
