@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -60,6 +60,11 @@ class History:
     rate_window: str
     ends: tuple[float, ...]
     minutes: tuple[Minute, ...] = field(default=())
+    # Set when the histogram's largest finite bucket is at or under the threshold: a quantile can
+    # never read above that bucket, so a minute that reaches it (p95 in +Inf) is over, and a window
+    # that never does cannot be judged (UNKNOWN, ``unjudgeable`` says why), never a pass.
+    ceiling: float | None = None
+    unjudgeable: str = ""
 
     @property
     def missing(self) -> list[float]:
@@ -67,7 +72,8 @@ class History:
         return [end for end in self.ends if round(end, 3) not in have]
 
     def over(self, limit: float) -> list[Minute]:
-        return [m for m in self.minutes if m.value > limit]
+        return [m for m in self.minutes
+                if m.value > limit or (self.ceiling is not None and m.value >= self.ceiling)]
 
     def worst(self) -> Minute | None:
         return max(self.minutes, key=lambda m: m.value, default=None)
@@ -80,7 +86,10 @@ class History:
         return f"{base} over the last {minutes_text(self.wanted_s)}"
 
     def require_complete(self) -> None:
-        """Raise NoData unless every minute of the wanted window has a value (not yet, or gaps)."""
+        """Raise NoData unless every minute of the wanted window has a value (not yet, or gaps), and the
+        signal can show a value over the threshold at all."""
+        if self.ceiling is not None:
+            raise NoData(self.unjudgeable, target="Prometheus")
         missing = set(self.missing)
         leading = 0
         for end in self.ends:
@@ -177,10 +186,41 @@ class HistorySignals:
 
     @fact(None)
     def p95_latency(self) -> History:
-        """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95."""
+        """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95.
+
+        One more instant query reads the histogram's buckets: when the largest finite one is at or
+        under p95_latency_s, no minute can read over it (see ``History.ceiling``).
+        """
         m = _signals.resolved(self.lab)
         expr = f"max_over_time(({p95_query(m, self.rate_window)})[1m:{self._resolution()}])"
-        return self._series("API p95 latency", expr, m.endpoint_label)
+        found = self._series("API p95 latency", expr, m.endpoint_label)
+        limit = float(self.lab.settings.p95_latency_s)
+        top = largest_finite_bucket(prometheus.query(self.lab, bucket_query(m)))
+        if top is None or top > limit:
+            return found
+        beyond = f"p95 in the +Inf bucket, above the largest bucket {top:g} s"
+        minutes = tuple(replace(x, where=f"{x.where or 'all endpoints'} ({beyond})") if x.value >= top else x
+                        for x in found.minutes)
+        why = (f"{m.duration} buckets end at {top:g} s; p95 against {limit:g} s cannot be judged "
+               f"(no minute reached the +Inf bucket; query {bucket_query(m)})")
+        return replace(found, minutes=minutes, ceiling=top, unjudgeable=why)
+
+
+def bucket_query(m: signals.SignalMap) -> str:
+    """The duration histogram's bucket bounds (one series per ``le``)."""
+    return f"count by (le) ({m.series(m.duration + '_bucket')})"
+
+
+def largest_finite_bucket(samples: list[prometheus.Sample]) -> float | None:
+    bounds = []
+    for s in samples:
+        try:
+            bound = float(s.labels.get("le", ""))
+        except ValueError:
+            continue
+        if math.isfinite(bound):
+            bounds.append(bound)
+    return max(bounds, default=None)
 
 
 def error_ratio_query(m: signals.SignalMap, window: str) -> str:
