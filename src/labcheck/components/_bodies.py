@@ -115,7 +115,7 @@ class Readiness:
                            if state.get(k) not in (None, "")), "")
         else:
             status, detail = state, ""  # a bare "ok" / true is its own status
-        text = (str(status).lower() if isinstance(status, bool) else str(status)).strip().lower()
+        text = str(status).strip().lower()  # True -> "true"
         observed = (f"{m.readiness_status} {status!r}" + (f" ({detail[:200]})" if detail else "")
                     + (f" in HTTP {self.http_status}" if self.http_status != 200 else ""))
         if text in m.ok_values:
