@@ -124,10 +124,8 @@ def check_no_blocking_locks(db, settings, expect):
 def check_pool_not_saturated(db_pool, expect):
     pool = db_pool.stats()
     expect.fact("database_overload", pool.saturated)
-    expect(not pool.saturated, target=f"the application's database pool ({pool.url})",
-           observed=pool.describe(),
-           threshold="db_pool_waiters = 0 and connections in use < db_pool_max_connections",
-           evidence=pool.samples)
+    expect(not pool.saturated, target=f"the application's database pool, per pod ({pool.source})",
+           observed=pool.describe(), threshold=pool.threshold, evidence=pool.samples)
 
 
 @pytest.mark.sev3

@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 
 from labcheck import config
-from labcheck.components.database import Database, parse_pool_metrics
+from labcheck.components._pool import from_prometheus, parse_pool_metrics, pool_query
+from labcheck.components.database import Database
 from labcheck.errors import NoData, ProbeBadResponse, ProbeError
 from labcheck.evidence import Redactor
 from labcheck.lab import Lab
 from labcheck.probes import postgres
+from labcheck.signals import SignalMap
 
 CHECKS = "checks/database.py"
 # Every check that reads the pg_stat_activity snapshot: UNKNOWN when labcheck cannot connect.
@@ -163,7 +165,41 @@ def test_pool_metrics_missing_series_is_no_data() -> None:
         parse_pool_metrics("<html>not metrics{", "http://api/metrics")
     full = text + "db_pool_max_connections 10\ndb_pool_waiters 2\n"
     stats = parse_pool_metrics(full, "http://api/metrics")
-    assert stats.saturated and stats.waiters == 2
+    assert stats.saturated and stats.worst.waiters == 2
+
+
+def test_pool_query_is_one_query_for_every_gauge_per_pod() -> None:
+    m = SignalMap(selector='job="api"')
+    assert pool_query(m) == ('sum by (__name__, pod, kubernetes_pod_name, instance) ({__name__=~"db_pool_connections|'
+                             'db_pool_max_connections|db_pool_idle_connections|db_pool_waiters",job="api"})')
+
+
+def _series(pod: str, open_: float, idle: float, waiters: float) -> list[tuple[dict[str, str], float]]:
+    values = {"db_pool_connections": open_, "db_pool_max_connections": 10, "db_pool_idle_connections": idle,
+              "db_pool_waiters": waiters}
+    return [({"__name__": k, "pod": pod, "instance": f"{pod}:8000"}, v) for k, v in values.items()]
+
+
+def test_pool_is_judged_per_pod_and_the_worst_reported() -> None:
+    # Summed over three pods, 18 of 30 in use and no waiter looks fine; one pod has every connection out.
+    series = _series("api-a", 10, 6, 0) + _series("api-b", 10, 0, 0) + _series("api-c", 10, 6, 0)
+    pools = from_prometheus("Prometheus p", SignalMap(), series)
+    assert pools.saturated and pools.worst.where == "pod api-b"
+    assert pools.describe() == ("10 of 10 pool connections open (10 in use, 0 idle), 0 waiter(s) on pod api-b "
+                                "(the worst of 3 pods; 1 saturated)")
+    assert set(pools.samples) == {"pod api-a", "pod api-b", "pod api-c"}  # evidence lists every pod
+    assert not from_prometheus("Prometheus p", SignalMap(), _series("api-a", 10, 6, 0)).saturated
+
+
+def test_a_pod_without_its_gauges_is_unknown_unless_another_is_saturated() -> None:
+    partial = _series("api-a", 4, 2, 0) + [({"__name__": "db_pool_connections", "pod": "api-b"}, 3.0)]
+    with pytest.raises(NoData, match="pod api-b lacks db_pool_max_connections, db_pool_waiters"):
+        from_prometheus("Prometheus p", SignalMap(), partial)
+    hot = _series("api-a", 10, 0, 2) + [({"__name__": "db_pool_connections", "pod": "api-b"}, 3.0)]
+    assert from_prometheus("Prometheus p", SignalMap(), hot).saturated
+    renamed = SignalMap(pool_connections="sqlalchemy_pool_checkedout")
+    with pytest.raises(NoData, match="no pool gauges: looked for sqlalchemy_pool_checkedout, db_pool_max_connections"):
+        from_prometheus("Prometheus p", renamed, [])
 
 
 @pytest.mark.parametrize(("open_", "idle", "waiters", "saturated"), [
@@ -290,7 +326,11 @@ def test_pool_leak_points_to_connection_exhaustion(healed: Any) -> None:
         and r.outcome("check_no_idle_connection_leak") == "failed",
         "--set", "db_idle_max_s=1", "--set", "db_idle_max_count=10", CHECKS, deadline_s=30,
         what="headroom and idle-leak checks failing")
-    assert run.outcome("check_pool_not_saturated") == "failed"
+    pool = run.check("check_pool_not_saturated")
+    assert pool["outcome"] == "failed"
+    # Read through Prometheus (the sandbox's API exports the gauges and Prometheus scrapes it), per pod.
+    assert f"Prometheus {healed.settings['prometheus_url']}" in pool["message"], pool
+    assert "on instance 127.0.0.1:" in pool["message"], pool
     assert run.outcome("check_database_accepts_connections") == "passed"
     assert "db-connection-exhaustion" in run.scenario_ids()
     assert run.triage["facts"]["database_overload"] is True
@@ -389,3 +429,37 @@ def test_refused_connection_still_fails_the_connect_check(healed: Any) -> None:
     connect = run.check("check_database_accepts_connections")
     assert connect["outcome"] == "failed" and "refused" in connect["message"], connect
     assert run.triage["severity"] == "SEV-1"
+
+
+def test_missing_pool_gauges_are_unknown_naming_them(healed: Any) -> None:
+    one = healed.run_checks(CHECKS, "-k", "pool", "--set", "signals.pool_connections=no_such_gauge")
+    check = one.check("check_pool_not_saturated")
+    assert check["outcome"] == "unknown", check
+    assert "lacks no_such_gauge" in check["message"] and "looked for no_such_gauge, db_pool_max_connections" \
+        in check["message"], check
+    # None of them anywhere: Prometheus has none, so /metrics is read, and has none either.
+    names = {"pool_connections": "a_open", "pool_max": "a_max", "pool_idle": "a_idle", "pool_waiters": "a_wait"}
+    none = healed.run_checks(CHECKS, "-k", "pool", *[a for k, v in names.items() for a in ("--set", f"signals.{k}={v}")])
+    check = none.check("check_pool_not_saturated")
+    assert check["outcome"] == "unknown", check
+    assert "Prometheus has no series of a_open, a_max, a_idle, a_wait" in check["message"], check
+    assert "no pool gauges: looked for a_open, a_max, a_wait, a_idle" in check["message"], check
+    assert none.triage["severity"] is None
+
+
+def test_pool_falls_back_to_metrics_when_prometheus_has_none(healed: Any) -> None:
+    from standin import StandIn
+
+    empty = {"status": "success", "data": {"resultType": "vector", "result": []}}
+    exposition = (b"db_pool_connections 5\ndb_pool_max_connections 5\ndb_pool_idle_connections 0\n"
+                  b"db_pool_waiters 4\n", "text/plain; version=0.0.4")
+    prom = StandIn(lambda path, query: (200, empty))
+    api = StandIn(lambda path, query: (200, exposition) if path == "/metrics" else (404, {}))
+    try:
+        run = healed.run_checks(CHECKS, "-k", "pool", "--api-url", api.url, "--set", f"prometheus_url={prom.url}")
+    finally:
+        prom.close()
+        api.close()
+    check = run.check("check_pool_not_saturated")
+    assert check["outcome"] == "failed", check
+    assert f"GET {api.url}/metrics" in check["message"] and "4 waiter(s)" in check["message"], check

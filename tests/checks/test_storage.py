@@ -339,7 +339,7 @@ def test_access_denied_to_labcheck_alone_is_unknown(healed: Any) -> None:
         refusing.close()
     reach = run.check("check_bucket_reachable")
     assert reach["outcome"] == "unknown", reach
-    assert "labcheck's own credentials" in reach["message"] and "reports storage 'ok'" in reach["message"]
+    assert "labcheck's own credentials" in reach["message"] and "reports storage status 'ok'" in reach["message"]
     assert run.triage["severity"] is None
 
 
@@ -368,6 +368,6 @@ def test_access_denied_in_the_write_canary_follows_the_reach_rule(healed: Any, p
     assert check["outcome"] == outcome, check
     assert text in (check["message"] or ""), check
     if outcome == "unknown":
-        assert "reports storage 'ok'" in check["message"] and run.triage["severity"] is None
+        assert "reports storage status 'ok'" in check["message"] and run.triage["severity"] is None
     else:
         assert run.triage["severity"] == "SEV-2" and run.triage["probable_cause"]["scenario"] == "storage-failure"

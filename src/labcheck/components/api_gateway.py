@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
 from labcheck import signals
 from labcheck.components import _signals, parameter
+from labcheck.components._bodies import Readiness, read_readiness
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
 from labcheck.lab import Lab
@@ -118,11 +118,6 @@ class Quantile:
         return f"{self.value:.2f} s"
 
 
-def p95_query(window: str) -> str:
-    """PromQL for the p95 latency by endpoint, in the playbook's names (history's, until it reads the map)."""
-    return f"histogram_quantile(0.95, sum by (path, le) (rate(http_request_duration_seconds_bucket[{window}])))"
-
-
 def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> Quantile | None:
     """``histogram_quantile`` over (le, cumulative rate) pairs; None without requests or a +Inf bucket."""
     rows = sorted(buckets)
@@ -205,15 +200,14 @@ class Api:
         """GET /health: an answer counts only when it is the API's JSON health body."""
         return identify(self.attempt("/health"), 'the API\'s health answer {"status": "ok"}', health_mismatch)
 
-    @fact(lambda api, uses: api._start_path("/health/ready"))
-    def readiness(self) -> dict[str, Any]:
-        """The components map of /health/ready."""
-        result = self.get("/health/ready")
-        doc = result.json()
-        components = doc.get("components") if isinstance(doc, dict) else None
-        if not isinstance(components, dict):
-            raise ProbeBadResponse(f"HTTP {result.status} without a 'components' object", target=result.url)
-        return components
+    def _readiness_path(self) -> str:
+        return _signals.static(self.lab).readiness_path
+
+    @fact(lambda api, uses: api._start_path(api._readiness_path()))
+    def readiness(self) -> Readiness:
+        """The readiness endpoint's answer read through the signal map (``readiness_*``); never raises
+        for the endpoint's own failure: ``Readiness.judge`` says FAILED or UNKNOWN per component."""
+        return read_readiness(self.attempt(self._readiness_path()), _signals.static(self.lab))
 
     @fact(lambda api, uses: _signals.start_queries(api.lab, "API rates", api._rate_queries))
     def rates(self) -> Rates:

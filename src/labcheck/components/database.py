@@ -6,7 +6,6 @@ Every fact is fetched once per run over the process's single read-only session
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from labcheck.components import _signals
+from labcheck.components._pool import Pools, from_prometheus, parse_pool_metrics, pool_query
 from labcheck.components.api_gateway import Api
-from labcheck.errors import NoData, NotConfigured, ProbeBadResponse, ProbeTimeout
+from labcheck.errors import NoData, NotConfigured, ProbeBadResponse, ProbeTimeout, Unknown
 from labcheck.lab import Lab
 from labcheck.prefetch import component, fact
-from labcheck.probes import http, postgres
+from labcheck.probes import http, postgres, prometheus
 from labcheck.probes.postgres import Attempt, Session
 
 # --- the snapshot and its rows -----------------------------------------------------------------
@@ -360,84 +361,57 @@ def db(lab: Lab) -> Database:
 
 # --- the application's own pool -------------------------------------------------------------
 
-POOL_SERIES = ("db_pool_connections", "db_pool_max_connections", "db_pool_waiters")
-POOL_IDLE_SERIES = "db_pool_idle_connections"
-
-
-@dataclass(frozen=True)
-class PoolStats:
-    """The API's database pool, from its /metrics."""
-
-    url: str
-    connections: float
-    max_connections: float
-    waiters: float
-    idle: float | None
-    samples: dict[str, float]
-
-    @property
-    def in_use(self) -> float:
-        """Connections checked out: open minus idle, where the pool says how many are idle."""
-        return self.connections - (self.idle or 0.0)
-
-    @property
-    def saturated(self) -> bool:
-        # A pool that grew to its maximum but still has idle connections serves the next
-        # request at once; it is saturated when requests wait or every connection is in use.
-        return self.waiters > 0 or self.in_use >= self.max_connections
-
-    def describe(self) -> str:
-        idle = "" if self.idle is None else f" ({self.in_use:g} in use, {self.idle:g} idle)"
-        return (f"{self.connections:g} of {self.max_connections:g} pool connections open{idle}, "
-                f"{self.waiters:g} waiter(s)")
-
-
-def parse_pool_metrics(text: str, url: str) -> PoolStats:
-    """The pool gauges from a Prometheus exposition; a missing series is UNKNOWN naming it."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    wanted = (*POOL_SERIES, POOL_IDLE_SERIES)
-    values: dict[str, float] = {}
-    samples: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name.startswith("db_pool_"):
-                    labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                    samples[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-                    if sample.name in wanted and not math.isnan(sample.value):
-                        values[sample.name] = values.get(sample.name, 0.0) + sample.value
-    except ValueError as exc:
-        raise ProbeBadResponse(f"/metrics is not a Prometheus exposition ({str(exc)[:120]})", target=url) from None
-    missing = [name for name in POOL_SERIES if name not in values]
-    if missing:
-        raise NoData(f"the application does not expose {', '.join(missing)}", target=url)
-    return PoolStats(url=url, connections=values["db_pool_connections"],
-                     max_connections=values["db_pool_max_connections"], waiters=values["db_pool_waiters"],
-                     idle=values.get(POOL_IDLE_SERIES), samples=samples)
-
 
 @component("db_pool", make=lambda lab: AppPool(Api(lab)))
 class AppPool:
-    """The platform API's database pool, read from the API's own /metrics once per run."""
+    """The platform API's database pool, per pod: through Prometheus when it has the gauges, else
+    from the API's own /metrics (one replica: whichever answered). One query or one GET per run."""
 
     def __init__(self, api: Api) -> None:
         self.api = api
 
-    def _start_metrics(self) -> None:
-        """Start the GET of /metrics in the background (the same fact ``stats`` reads)."""
-        if self.api.lab.settings.api_url:
-            http.start(self.api.lab, self.api.url("/metrics"))
+    @property
+    def lab(self) -> Lab:
+        return self.api.lab
 
-    @fact(lambda pool, uses: pool._start_metrics())
-    def stats(self) -> PoolStats:
-        result = self.api.get("/metrics")
+    def _start(self) -> None:
+        """Start the pool query in the background (the /metrics fallback is fetched when needed)."""
+        if self.lab.settings.prometheus_url:
+            prometheus.start(self.lab, pool_query(_signals.static(self.lab)))
+        elif self.lab.settings.api_url:
+            http.start(self.lab, self.api.url("/metrics"))
+
+    @fact(lambda pool, uses: pool._start())
+    def stats(self) -> Pools:
+        """Every pod's pool; UNKNOWN naming the gauges looked for when neither source has them."""
+        m = _signals.static(self.lab)
+        why = "prometheus_url is not configured"
+        if self.lab.settings.prometheus_url:
+            q = pool_query(m)
+            try:
+                series = prometheus.query(self.lab, q)
+            except Unknown as exc:
+                why = f"Prometheus could not be asked ({exc.reason})"
+            else:
+                if series:
+                    source = f"Prometheus {self.lab.settings.prometheus_url} (query {q})"
+                    return from_prometheus(source, m, ((s.labels, s.value) for s in series))
+                why = f"Prometheus has no series of {', '.join(m.pool_names().values())} (query {q})"
+        try:
+            result = self.api.get("/metrics")
+        except Unknown as exc:
+            raise NoData(f"{why}; and the API's /metrics could not be read ({exc.reason})",
+                         target="the application's database pool") from None
         if result.status != 200:
-            raise ProbeBadResponse(f"HTTP {result.status} for the application's metrics", target=result.url)
-        return parse_pool_metrics(result.text, result.url)
+            raise ProbeBadResponse(f"{why}; and HTTP {result.status} for the application's metrics",
+                                   target=result.url)
+        try:
+            return parse_pool_metrics(result.text, result.url, m)
+        except Unknown as exc:
+            raise type(exc)(f"{why}; and from /metrics: {exc.reason}", target=exc.target) from None
 
 
 @pytest.fixture(scope="session")
 def db_pool(api: Api) -> AppPool:
-    """The platform API's own database pool, from its /metrics."""
+    """The platform API's own database pool, through Prometheus or its /metrics."""
     return AppPool(api)

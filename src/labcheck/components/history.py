@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
-from labcheck.components.api_gateway import p95_query
+from labcheck import signals
+from labcheck.components import _signals
 from labcheck.errors import NoData, NotConfigured
 from labcheck.lab import Lab
 from labcheck.markers import DEFAULT_WINDOW, history_window
@@ -59,6 +60,11 @@ class History:
     rate_window: str
     ends: tuple[float, ...]
     minutes: tuple[Minute, ...] = field(default=())
+    # Set when the histogram's largest finite bucket is at or under the threshold: a quantile can
+    # never read above that bucket, so a minute that reaches it (p95 in +Inf) is over, and a window
+    # that never does cannot be judged (UNKNOWN, ``unjudgeable`` says why), never a pass.
+    ceiling: float | None = None
+    unjudgeable: str = ""
 
     @property
     def missing(self) -> list[float]:
@@ -66,7 +72,8 @@ class History:
         return [end for end in self.ends if round(end, 3) not in have]
 
     def over(self, limit: float) -> list[Minute]:
-        return [m for m in self.minutes if m.value > limit]
+        return [m for m in self.minutes
+                if m.value > limit or (self.ceiling is not None and m.value >= self.ceiling)]
 
     def worst(self) -> Minute | None:
         return max(self.minutes, key=lambda m: m.value, default=None)
@@ -79,7 +86,10 @@ class History:
         return f"{base} over the last {minutes_text(self.wanted_s)}"
 
     def require_complete(self) -> None:
-        """Raise NoData unless every minute of the wanted window has a value (not yet, or gaps)."""
+        """Raise NoData unless every minute of the wanted window has a value (not yet, or gaps), and the
+        signal can show a value over the threshold at all."""
+        if self.ceiling is not None:
+            raise NoData(self.unjudgeable, target="Prometheus")
         missing = set(self.missing)
         leading = 0
         for end in self.ends:
@@ -152,13 +162,13 @@ class HistorySignals:
         # A minute right after the mitigation still has pre-mitigation requests in its rate window.
         return self.since + self.lab.settings.window_s
 
-    def _series(self, what: str, expr: str) -> History:
+    def _series(self, what: str, expr: str, endpoint_label: str) -> History:
         ends = self.ends()
         minutes: dict[float, Minute] = {}
         if ends:
             matrix = prometheus.query_range(self.lab, expr, start=ends[0], end=ends[-1], step=MINUTE)
             for series in matrix:
-                where = series["labels"].get("path", "")
+                where = series["labels"].get(endpoint_label, "")
                 for ts, value in series["values"]:
                     key = round(ts, 3)
                     if key not in minutes or value > minutes[key].value:
@@ -170,16 +180,62 @@ class HistorySignals:
     @fact(None)
     def error_ratio(self) -> History:
         """The overall 5xx ratio; each minute's value is its worst ``window`` ratio."""
-        w, res = self.rate_window, self._resolution()
-        ratio = (f'(sum(rate(http_requests_total{{status=~"5.."}}[{w}])) or vector(0))'
-                 f" / sum(rate(http_requests_total[{w}]))")
-        return self._series("API 5xx ratio", f"max_over_time(({ratio})[1m:{res}])")
+        m = _signals.resolved(self.lab)
+        expr = f"max_over_time(({error_ratio_query(m, self.rate_window)})[1m:{self._resolution()}])"
+        return self._series("API 5xx ratio", expr, m.endpoint_label)
 
     @fact(None)
     def p95_latency(self) -> History:
-        """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95."""
-        p95, res = p95_query(self.rate_window), self._resolution()
-        return self._series("API p95 latency", f"max_over_time(({p95})[1m:{res}])")
+        """p95 latency by endpoint; each minute's value is the worst endpoint's worst p95.
+
+        One more instant query reads the histogram's buckets: when the largest finite one is at or
+        under p95_latency_s, no minute can read over it (see ``History.ceiling``).
+        """
+        m = _signals.resolved(self.lab)
+        expr = f"max_over_time(({p95_query(m, self.rate_window)})[1m:{self._resolution()}])"
+        found = self._series("API p95 latency", expr, m.endpoint_label)
+        limit = float(self.lab.settings.p95_latency_s)
+        top = largest_finite_bucket(prometheus.query(self.lab, bucket_query(m)))
+        if top is None or top > limit:
+            return found
+        beyond = f"p95 in the +Inf bucket, above the largest bucket {top:g} s"
+        minutes = tuple(replace(x, where=f"{x.where or 'all endpoints'} ({beyond})") if x.value >= top else x
+                        for x in found.minutes)
+        why = (f"{m.duration} buckets end at {top:g} s; p95 against {limit:g} s cannot be judged "
+               f"(no minute reached the +Inf bucket; query {bucket_query(m)})")
+        return replace(found, minutes=minutes, ceiling=top, unjudgeable=why)
+
+
+def bucket_query(m: signals.SignalMap) -> str:
+    """The duration histogram's bucket bounds (one series per ``le``)."""
+    return f"count by (le) ({m.series(m.duration + '_bucket')})"
+
+
+def largest_finite_bucket(samples: list[prometheus.Sample]) -> float | None:
+    bounds = []
+    for s in samples:
+        try:
+            bound = float(s.labels.get("le", ""))
+        except ValueError:
+            continue
+        if math.isfinite(bound):
+            bounds.append(bound)
+    return max(bounds, default=None)
+
+
+def error_ratio_query(m: signals.SignalMap, window: str) -> str:
+    """The overall 5xx ratio over ``window``, counting only request series that carry the endpoint and
+    status labels: with none, the denominator is empty and so is the ratio (no data, never 0%)."""
+    labelled = m.labelled()
+    errors = m.series(m.requests, m.status_is("5"), *labelled)
+    total = m.series(m.requests, *labelled)
+    return f"(sum(rate({errors}[{window}])) or vector(0)) / sum(rate({total}[{window}]))"
+
+
+def p95_query(m: signals.SignalMap, window: str) -> str:
+    """The p95 latency by endpoint over ``window``, from the map's duration histogram."""
+    buckets = m.series(m.duration + "_bucket")
+    return f"histogram_quantile(0.95, sum by ({m.endpoint_label}, le) (rate({buckets}[{window}])))"
 
 
 @pytest.fixture(scope="session")

@@ -365,13 +365,13 @@ class Storage:
     def _refused_unless_platform_fails(self, what: str) -> None:
         """Raise UNKNOWN for a 403 on labcheck's credentials unless /health/ready reports storage failing."""
         try:
-            storage = Api(self.lab).readiness().get("storage")
-            status = storage.get("status") if isinstance(storage, dict) else None
-            platform = (f"the platform's /health/ready reports storage {status!r}"
-                        + (f" ({storage.get('detail')})" if isinstance(storage, dict) and storage.get("detail") else ""))
+            judged = Api(self.lab).readiness().judge("storage")
+            # The endpoint failing says nothing about storage: only the component's own status counts.
+            failing = not judged.ok and not judged.endpoint_failed
+            platform = f"the platform's readiness reports storage {judged.observed} ({judged.target})"
         except Unknown as exc:
-            status, platform = None, f"the platform's readiness could not be read ({exc.reason})"
-        if status not in (None, "ok"):
+            failing, platform = False, f"the platform's readiness could not be read ({exc.reason})"
+        if failing:
             return  # the platform's own storage fails too: the 403 is the platform's (FAILED)
         raise ProbeAuthError(f"{what}: AWS access denied to labcheck's own credentials, while {platform}; "
                              "check labcheck's IAM policy and keys (aws_access_key_id), not the platform",
