@@ -24,6 +24,14 @@ REQUEST_COUNTER: dict[str, str] = {
     "otel": "http_server_request_duration_seconds_count",
 }
 FLAVORS = tuple(REQUEST_COUNTER)
+# What instruments the API in each flavour (for `up` and `status`).
+FLAVOR_LIBRARY: dict[str, str] = {
+    "playbook": "prometheus-client Counter and Histogram, the playbook's names",
+    "instrumentator": "prometheus-fastapi-instrumentator, Instrumentator().instrument(app)",
+    "starlette-exporter": "starlette_exporter PrometheusMiddleware, defaults",
+    "starlette-exporter-http": 'starlette_exporter PrometheusMiddleware, prefix="http"',
+    "otel": "OpenTelemetry SDK, Starlette instrumentation, Prometheus reader (stable HTTP semconv)",
+}
 
 # The readiness components, in this order, under their default names.
 READINESS_COMPONENTS = ("db", "auth", "storage")
