@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,10 @@ class Stack:
     app_dsn: str
     api_config: dict[str, Any]
     log_dir: Path
-    early_ready: tuple[int, dict[str, Any]]
-    early_health: int
     client: httpx.Client
+    # What /health/ready and /health answered before PostgreSQL was up (test_platform_api).
+    early_ready: tuple[int, dict[str, Any]] = (0, {})
+    early_health: int = 0
 
     @property
     def admin(self) -> dict[str, str]:
@@ -83,6 +86,41 @@ class Stack:
 
 def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+@dataclass
+class Services:
+    """moto and the S3 gateway (started, not yet waited for), the admin key, and PostgreSQL once
+    the caller has started it: what `services()` stops at exit."""
+
+    log_dir: Path
+    admin_key: str
+    procs: list[_procs.Proc]
+    storage: list[_procs.Proc]
+    moto_url: str
+    s3gw_url: str
+    pg: _procs.Postgres | None = None
+    dsn: str = ""  # the application role's DSN, once created
+
+    def wait_storage(self) -> None:
+        wait_storage(self.storage, self.moto_url, self.s3gw_url)
+
+
+@contextlib.contextmanager
+def services(log_dir: Path) -> Iterator[Services]:
+    """Start moto and the S3 gateway; at exit stop them, what was added to `procs`, and `pg`."""
+    procs: list[_procs.Proc] = []
+    run: Services | None = None
+    try:
+        with _procs.stopping(procs):
+            admin_key = secrets.token_urlsafe(16)
+            storage, moto_url, s3gw_url = start_storage(log_dir, admin_key)
+            procs.extend(storage)
+            run = Services(log_dir, admin_key, procs, storage, moto_url, s3gw_url)
+            yield run
+    finally:
+        if run is not None and run.pg is not None:
+            run.pg.stop()
 
 
 def start_storage(log_dir: Path, admin_key: str) -> tuple[list[_procs.Proc], str, str]:

@@ -27,64 +27,55 @@ from _platform import (
     api_config,
     metric,
     new_secret,
-    start_storage,
-    wait_storage,
+    services,
 )
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("platform-api")
-    procs: list[_procs.Proc] = []
-    pg: _procs.Postgres | None = None
-    try:
-        with _procs.stopping(procs):
-            # Everything starts at once; PostgreSQL last, after the API is up.
-            admin_key = secrets.token_urlsafe(16)
-            storage, moto_url, s3gw_url = start_storage(log_dir, admin_key)
-            procs.extend(storage)
-            app_password = secrets.token_hex(12)
-            pg_port = _procs.free_port()
-            app_dsn = f"postgresql://{APP_ROLE}:{app_password}@127.0.0.1:{pg_port}/{DB_NAME}"
-            jwt_secret = new_secret()
-            api_port = _procs.free_port()
-            api_url = f"http://127.0.0.1:{api_port}"
-            config = api_config(port=api_port, dsn=app_dsn, moto_url=moto_url, s3gw_url=s3gw_url,
-                                jwt_secret=jwt_secret, admin_key=admin_key, log_dir=log_dir)
-            api = _procs.start_module("api", "labcheck.sandbox.api", config, log_dir)
-            procs.append(api)
-            pg = _procs.Postgres.init(max_connections=MAX_CONNECTIONS, port=pg_port)
-            _procs.wait_http(api, api_url + "/health")
-            # The API came up without PostgreSQL.
-            early = httpx.get(api_url + "/health/ready", timeout=10)
-            early_health = httpx.get(api_url + "/health", timeout=5).status_code
-            pg.start()
-            pg.create_app_db(APP_ROLE, app_password, DB_NAME)
-            wait_storage(storage, moto_url, s3gw_url)
-            _procs.wait_for(
-                lambda: httpx.get(api_url + "/health/ready", timeout=5).status_code == 200,
-                30,
-                "the API to become ready once PostgreSQL is up",
-                interval=0.1,
+    with services(log_dir) as run:
+        # Everything starts at once; PostgreSQL last, after the API is up.
+        admin_key, moto_url, s3gw_url = run.admin_key, run.moto_url, run.s3gw_url
+        app_password = secrets.token_hex(12)
+        pg_port = _procs.free_port()
+        app_dsn = f"postgresql://{APP_ROLE}:{app_password}@127.0.0.1:{pg_port}/{DB_NAME}"
+        jwt_secret = new_secret()
+        api_port = _procs.free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        config = api_config(port=api_port, dsn=app_dsn, moto_url=moto_url, s3gw_url=s3gw_url,
+                            jwt_secret=jwt_secret, admin_key=admin_key, log_dir=log_dir)
+        api = _procs.start_module("api", "labcheck.sandbox.api", config, log_dir)
+        run.procs.append(api)
+        pg = run.pg = _procs.Postgres.init(max_connections=MAX_CONNECTIONS, port=pg_port)
+        _procs.wait_http(api, api_url + "/health")
+        # The API came up without PostgreSQL.
+        early = httpx.get(api_url + "/health/ready", timeout=10)
+        early_health = httpx.get(api_url + "/health", timeout=5).status_code
+        pg.start()
+        pg.create_app_db(APP_ROLE, app_password, DB_NAME)
+        run.wait_storage()
+        _procs.wait_for(
+            lambda: httpx.get(api_url + "/health/ready", timeout=5).status_code == 200,
+            30,
+            "the API to become ready once PostgreSQL is up",
+            interval=0.1,
+        )
+        with httpx.Client(base_url=api_url, timeout=15.0) as client:
+            yield Stack(
+                api_url=api_url,
+                s3gw_url=s3gw_url,
+                moto_url=moto_url,
+                admin_key=admin_key,
+                jwt_secret=jwt_secret,
+                pg=pg,
+                app_dsn=app_dsn,
+                api_config=config,
+                log_dir=log_dir,
+                early_ready=(early.status_code, early.json()),
+                early_health=early_health,
+                client=client,
             )
-            with httpx.Client(base_url=api_url, timeout=15.0) as client:
-                yield Stack(
-                    api_url=api_url,
-                    s3gw_url=s3gw_url,
-                    moto_url=moto_url,
-                    admin_key=admin_key,
-                    jwt_secret=jwt_secret,
-                    pg=pg,
-                    app_dsn=app_dsn,
-                    api_config=config,
-                    log_dir=log_dir,
-                    early_ready=(early.status_code, early.json()),
-                    early_health=early_health,
-                    client=client,
-                )
-    finally:
-        if pg is not None:
-            pg.stop()
 
 
 @pytest.fixture(autouse=True)
