@@ -26,7 +26,8 @@ from _platform import (
     services,
 )
 
-from labcheck.sandbox.flavours import FLAVORS, SandboxError, parse_shape
+from labcheck.sandbox.flavours import FLAVORS, parse_shape
+from labcheck.sandbox.state import SandboxError
 
 APP_GAUGES = ("db_pool_connections", "db_pool_max_connections", "db_pool_idle_connections",
               "db_pool_waiters", "experiments_running", "storage_quota_bytes")
