@@ -133,7 +133,8 @@ def up(
     """Bring the whole sandbox up (or find it already up) and return its state.
 
     `flavor` names the exporter library instrumenting the API and `shape` its bodies' shape
-    (sandbox/flavours.py); None: what runs already, else `playbook` and the playbook's shape.
+    (sandbox/flavours.py); None: what runs (or ran, for a partial sandbox started again), else
+    `playbook` and the playbook's shape.
     Idempotent: a sandbox whose recorded processes are all alive and ready is returned as is
     (whatever port_offset says) unless it runs another flavour or shape than asked, which is an
     error; a partial one is torn down first and started clean.
@@ -157,10 +158,14 @@ def up(
                 return existing
             say("sandbox partially up: stopping the leftovers first")
             _down_unlocked(d, existing)
+            # Started again as it was, unless asked otherwise.
+            flavor = flavor or existing.get("flavor")
+            shape = shape or existing.get("shape")
         elif pid_alive(postmaster_pid(d / "pgdata"), "postgres"):
             _down_unlocked(d, None)
         return _up_unlocked(d, port_offset, log_statements, timeout, say,
-                            flavor or DEFAULT_FLAVOR, shape or dict(SHAPE_DEFAULTS))
+                            check_flavor(flavor or DEFAULT_FLAVOR),
+                            check_shape({**SHAPE_DEFAULTS, **(shape or {})}))
 
 
 def _same_platform(
