@@ -75,6 +75,16 @@ def add_sandbox_command(subparsers: Any) -> None:
     p.add_argument(
         "--timeout", type=float, default=90.0, metavar="S", help="seconds to wait (default 90)"
     )
+    from labcheck.sandbox.flavours import FLAVORS, SHAPE_DEFAULTS
+
+    p.add_argument(
+        "--flavor", choices=FLAVORS, default=None,
+        help="the exporter library instrumenting the API (default: playbook, or what runs)",
+    )
+    p.add_argument(
+        "--set", action="append", default=None, metavar="KEY=VALUE", dest="shape",
+        help=f"a response shape option (repeatable): {', '.join(SHAPE_DEFAULTS)}",
+    )
     p.set_defaults(func=cmd_sandbox_up)
 
     p = actions.add_parser("down", help="stop every service (idempotent)")
@@ -118,6 +128,12 @@ def _progress(message: str) -> None:
 
 def cmd_sandbox_up(args: argparse.Namespace) -> int:
     from labcheck.sandbox import manager
+    from labcheck.sandbox.flavours import parse_shape
+
+    try:
+        shape = None if args.shape is None else parse_shape(args.shape)
+    except manager.SandboxError as exc:
+        raise UsageError(str(exc)) from None
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # so a killed `up` still stops what it started
@@ -130,6 +146,8 @@ def cmd_sandbox_up(args: argparse.Namespace) -> int:
         log_statements=args.log_statements,
         timeout=args.timeout,
         progress=_progress,
+        flavor=args.flavor,
+        shape=shape,
     )
     _progress(f"sandbox up in {time.monotonic() - started:.1f}s")
     _print_status_table(manager.status(args.dir))
@@ -214,6 +232,15 @@ def _print_status_table(info: dict[str, Any]) -> None:
     ):
         if info.get(key):
             print(f"{label + ':':<13}{info[key]}")
+    if info.get("flavor"):
+        from labcheck.sandbox.flavours import FLAVOR_LIBRARY, SHAPE_DEFAULTS
+
+        flavor = info["flavor"]
+        print(f"{'Flavour:':<13}{flavor} ({FLAVOR_LIBRARY.get(flavor, 'unknown')})")
+        changed = {k: v for k, v in (info.get("shape") or {}).items() if SHAPE_DEFAULTS.get(k) != v}
+        if changed:
+            shown = ", ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in changed.items())
+            print(f"{'Shape:':<13}{shown}")
     if not info.get("running"):
         state = "incomplete" if not info.get("complete") else "some processes are gone"
         print(f"\nsandbox is NOT healthy: {state} (run: labcheck sandbox up)")

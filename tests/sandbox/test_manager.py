@@ -178,6 +178,11 @@ def test_up_is_idempotent(managed: dict[str, Any]) -> None:
         n: s["pid"] for n, s in before["services"].items()
     }
     assert again["secrets"] == before["secrets"]
+    # Another flavour or shape than what runs is refused, not silently handed back.
+    with pytest.raises(manager.SandboxError, match="runs flavour playbook, not otel"):
+        manager.up(dir=d, port_offset=OFFSET, flavor="otel")
+    with pytest.raises(manager.SandboxError, match="runs another shape"):
+        manager.up(dir=d, port_offset=OFFSET, shape={"experiments_shape": "items"})
 
 
 def test_status_json_via_cli_has_no_secrets(managed: dict[str, Any]) -> None:
@@ -195,9 +200,16 @@ def test_status_json_via_cli_has_no_secrets(managed: dict[str, Any]) -> None:
     assert info["api_url"] == state["settings"]["api_url"]
     assert info["kubeconfig"] == state["settings"]["kubeconfig"]
     assert info["s3_bucket"] == "llm-research-datasets"
+    assert info["flavor"] == state["flavor"] == "playbook"
+    assert info["shape"] == state["shape"] == {
+        "readiness_components": "components",
+        "readiness_names": ["db", "auth", "storage"],
+        "experiments_shape": "experiments",
+    }
 
     plain = cli("status", "--dir", str(d))
     assert plain.returncode == 0, plain.stderr
+    assert "Flavour:     playbook (prometheus-client" in plain.stdout
     secret_values = [v for v in state["secrets"].values() if isinstance(v, str)]
     secret_values += [
         state["settings"]["test_token"],
@@ -249,7 +261,7 @@ def test_up_refuses_ports_in_use(managed: dict[str, Any], tmp_path: Path) -> Non
     assert manager.status(managed["dir"]) == before
 
 
-def test_partial_sandbox_is_restarted_clean(managed: dict[str, Any]) -> None:
+def test_partial_sandbox_is_restarted_clean_in_the_flavour_asked(managed: dict[str, Any]) -> None:
     d, old = managed["dir"], managed["state"]
     victim = old["services"]["pushgateway"]["pid"]
     os.kill(victim, signal.SIGTERM)
@@ -258,7 +270,8 @@ def test_partial_sandbox_is_restarted_clean(managed: dict[str, Any]) -> None:
         deadline=time.monotonic() + 10,
         what="pushgateway to exit",
     )
-    res = cli("up", "--dir", str(d), "--port-offset", str(OFFSET), timeout=150)
+    res = cli("up", "--dir", str(d), "--port-offset", str(OFFSET), "--flavor", "otel",
+              "--set", "experiments_shape=items", timeout=150)
     assert res.returncode == 0, f"{res.stderr}\n{_log_tails(d)}"
     assert "partially up" in res.stderr
     new = manager.load_state(d)
@@ -267,6 +280,12 @@ def test_partial_sandbox_is_restarted_clean(managed: dict[str, Any]) -> None:
         assert not manager.pid_alive(svc["pid"], name), f"old {name} left running"
         assert manager.pid_alive(new["services"][name]["pid"], name), f"new {name} not alive"
     assert new["secrets"]["admin_key"] != old["secrets"]["admin_key"]
+    # up waited for the flavour's own request counter; the suite's settings name no signals.
+    assert new["flavor"] == "otel" and new["shape"]["experiments_shape"] == "items"
+    assert set(new["settings"]) == README_SETTINGS
+    assert _prom_query(new["settings"]["prometheus_url"],
+                       'sum(http_server_request_duration_seconds_count{job="api"}) > 0')
+    assert "Flavour:     otel" in res.stdout and "Shape:       experiments_shape=items" in res.stdout
     managed["state"] = new
 
 

@@ -6,7 +6,6 @@ import math
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -16,168 +15,67 @@ import _procs
 import httpx
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from labcheck.sandbox.api import sign_token
-
-APP_ROLE = "llm_app"
-DB_NAME = "llm_research"
-BUCKET = "llm-research-datasets"
-POOL_MAX = 10
-MAX_CONNECTIONS = 40
-QUOTA = 32 * 1024 * 1024
-AWS = {
-    "aws_region": "us-east-1",
-    "aws_access_key_id": "AKIATEST",
-    "aws_secret_access_key": "x" * 40,
-}
-
-
-@dataclass
-class Stack:
-    """The processes of one test module, and what the tests need to reach them."""
-
-    api_url: str
-    s3gw_url: str
-    moto_url: str
-    admin_key: str
-    jwt_secret: str
-    pg: _procs.Postgres
-    app_dsn: str
-    api_config: dict[str, Any]
-    log_dir: Path
-    early_ready: tuple[int, dict[str, Any]]
-    early_health: int
-    client: httpx.Client
-
-    @property
-    def admin(self) -> dict[str, str]:
-        return {"X-Admin-Key": self.admin_key}
-
-    def token(self, secret: str | None = None, ttl: int = 600) -> dict[str, str]:
-        return {"Authorization": f"Bearer {sign_token(secret or self.jwt_secret, ttl_seconds=ttl)}"}
-
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        return self.client.get(path, **kw)
-
-    def fault(self, name: str, **params: Any) -> dict[str, Any]:
-        resp = self.client.post(
-            f"/admin/faults/{name}", json=params, headers=self.admin, timeout=60
-        )
-        assert resp.status_code == 200, resp.text
-        return dict(resp.json())
-
-    def heal(self) -> dict[str, Any]:
-        resp = self.client.delete("/admin/faults", headers=self.admin, timeout=60)
-        assert resp.status_code == 200, resp.text
-        httpx.delete(f"{self.s3gw_url}/admin/faults", headers=self.admin, timeout=10)
-        return dict(resp.json())
-
-    def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
-        """A query as the superuser, on a connection of its own."""
-        with psycopg.connect(self.pg.superuser_dsn(DB_NAME), autocommit=True) as conn:
-            return conn.execute(query, args or None).fetchall()
-
-    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        text = self.get("/metrics").text
-        out = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out[(s.name, frozenset(s.labels.items()))] = s.value
-        return out
-
-
-def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from _platform import (
+    APP_ROLE,
+    AWS,
+    BUCKET,
+    DB_NAME,
+    MAX_CONNECTIONS,
+    POOL_MAX,
+    QUOTA,
+    Stack,
+    api_config,
+    metric,
+    new_secret,
+    services,
+)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("platform-api")
-    procs: list[_procs.Proc] = []
-    pg: _procs.Postgres | None = None
-    try:
-        with _procs.stopping(procs):
-            # Everything starts at once; PostgreSQL last, after the API is up.
-            moto, moto_url = _procs.start_moto(log_dir, wait=False)
-            procs.append(moto)
-            admin_key = secrets.token_urlsafe(16)
-            s3gw_port = _procs.free_port()
-            s3gw_url = f"http://127.0.0.1:{s3gw_port}"
-            s3gw = _procs.start_module(
-                "s3gw",
-                "labcheck.sandbox.s3gw",
-                {
-                    "host": "127.0.0.1",
-                    "port": s3gw_port,
-                    "upstream": moto_url,
-                    "admin_key": admin_key,
-                    "bucket": BUCKET,
-                    "cloudwatch_endpoint": moto_url,
-                    **AWS,
-                    "requests_log": str(log_dir / "s3-requests.jsonl"),
-                },
-                log_dir,
+    with services(log_dir) as run:
+        # Everything starts at once; PostgreSQL last, after the API is up.
+        admin_key, moto_url, s3gw_url = run.admin_key, run.moto_url, run.s3gw_url
+        app_password = secrets.token_hex(12)
+        pg_port = _procs.free_port()
+        app_dsn = f"postgresql://{APP_ROLE}:{app_password}@127.0.0.1:{pg_port}/{DB_NAME}"
+        jwt_secret = new_secret()
+        api_port = _procs.free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        config = api_config(port=api_port, dsn=app_dsn, moto_url=moto_url, s3gw_url=s3gw_url,
+                            jwt_secret=jwt_secret, admin_key=admin_key, log_dir=log_dir)
+        api = _procs.start_module("api", "labcheck.sandbox.api", config, log_dir)
+        run.procs.append(api)
+        pg = run.pg = _procs.Postgres.init(max_connections=MAX_CONNECTIONS, port=pg_port)
+        _procs.wait_http(api, api_url + "/health")
+        # The API came up without PostgreSQL.
+        early = httpx.get(api_url + "/health/ready", timeout=10)
+        early_health = httpx.get(api_url + "/health", timeout=5).status_code
+        pg.start()
+        pg.create_app_db(APP_ROLE, app_password, DB_NAME)
+        run.wait_storage()
+        _procs.wait_for(
+            lambda: httpx.get(api_url + "/health/ready", timeout=5).status_code == 200,
+            30,
+            "the API to become ready once PostgreSQL is up",
+            interval=0.1,
+        )
+        with httpx.Client(base_url=api_url, timeout=15.0) as client:
+            yield Stack(
+                api_url=api_url,
+                s3gw_url=s3gw_url,
+                moto_url=moto_url,
+                admin_key=admin_key,
+                jwt_secret=jwt_secret,
+                pg=pg,
+                app_dsn=app_dsn,
+                api_config=config,
+                log_dir=log_dir,
+                early_ready=(early.status_code, early.json()),
+                early_health=early_health,
+                client=client,
             )
-            procs.append(s3gw)
-            app_password = secrets.token_hex(12)
-            pg_port = _procs.free_port()
-            app_dsn = f"postgresql://{APP_ROLE}:{app_password}@127.0.0.1:{pg_port}/{DB_NAME}"
-            jwt_secret = secrets.token_urlsafe(32)
-            api_port = _procs.free_port()
-            api_url = f"http://127.0.0.1:{api_port}"
-            config = {
-                "host": "127.0.0.1",
-                "port": api_port,
-                "dsn": app_dsn,
-                "pool_min": 2,
-                "pool_max": POOL_MAX,
-                "pool_timeout": 1.0,
-                "s3_endpoint": s3gw_url,
-                "cloudwatch_endpoint": moto_url,
-                "bucket": BUCKET,
-                **AWS,
-                "jwt_secret": jwt_secret,
-                "admin_key": admin_key,
-                "quota_bytes": QUOTA,
-                "traffic_rps": 20,
-                "state_dir": str(log_dir),
-            }
-            api = _procs.start_module("api", "labcheck.sandbox.api", config, log_dir)
-            procs.append(api)
-            pg = _procs.Postgres.init(max_connections=MAX_CONNECTIONS, port=pg_port)
-            _procs.wait_http(api, api_url + "/health")
-            # The API came up without PostgreSQL.
-            early = httpx.get(api_url + "/health/ready", timeout=10)
-            early_health = httpx.get(api_url + "/health", timeout=5).status_code
-            pg.start()
-            pg.create_app_db(APP_ROLE, app_password, DB_NAME)
-            _procs.wait_http(moto, moto_url + "/moto-api/")
-            _procs.wait_http(s3gw, s3gw_url + "/")
-            _procs.wait_for(
-                lambda: httpx.get(api_url + "/health/ready", timeout=5).status_code == 200,
-                30,
-                "the API to become ready once PostgreSQL is up",
-                interval=0.1,
-            )
-            with httpx.Client(base_url=api_url, timeout=15.0) as client:
-                yield Stack(
-                    api_url=api_url,
-                    s3gw_url=s3gw_url,
-                    moto_url=moto_url,
-                    admin_key=admin_key,
-                    jwt_secret=jwt_secret,
-                    pg=pg,
-                    app_dsn=app_dsn,
-                    api_config=config,
-                    log_dir=log_dir,
-                    early_ready=(early.status_code, early.json()),
-                    early_health=early_health,
-                    client=client,
-                )
-    finally:
-        if pg is not None:
-            pg.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -409,22 +307,35 @@ def test_quota_full(stack: Stack) -> None:
     assert used() < 0.1 * QUOTA
 
 
+def _experiments_by_status(stack: Stack) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for (name, labels), value in stack.metrics().items():
+        label = dict(labels)
+        if name == "http_requests_total" and label.get("path") == "/experiments":
+            counts[label["status"]] = counts.get(label["status"], 0.0) + value
+    return counts
+
+
+def _traffic_401s(stack: Stack, what: str) -> tuple[float, float]:
+    """Wait for 40 more requests of the clients to /experiments: (their 401s, all of them)."""
+    before = _experiments_by_status(stack)
+
+    def grown() -> tuple[float, float] | None:
+        after = _experiments_by_status(stack)
+        total = sum(after.values()) - sum(before.values())
+        return (after.get("401", 0.0) - before.get("401", 0.0), total) if total >= 40 else None
+
+    return _procs.wait_for(grown, 10, what, 0.2)
+
+
 def test_auth_secret_rotated(stack: Stack) -> None:
     new_secret = secrets.token_urlsafe(32)
     stack.fault("auth-secret-rotated", new_secret=new_secret)
     assert stack.get("/experiments", headers=stack.token()).status_code == 401
     assert stack.get("/experiments", headers=stack.token(new_secret)).status_code == 200
-    # The platform's own clients sign with the new secret: their requests still succeed.
-    start = metric(stack.metrics(), "http_requests_total", path="/experiments", status="200")
-    _procs.wait_for(
-        lambda: (
-            metric(stack.metrics(), "http_requests_total", path="/experiments", status="200")
-            > start + 3
-        ),
-        10,
-        "traffic to keep succeeding after rotation",
-        0.2,
-    )
+    # Most of the platform's own clients keep the old secret: their calls are refused.
+    refused, total = _traffic_401s(stack, "client traffic after the rotation")
+    assert refused / total > 0.5
     stack.heal()
     assert stack.get("/experiments", headers=stack.token()).status_code == 200
     assert stack.get("/experiments", headers=stack.token(new_secret)).status_code == 401
@@ -440,8 +351,21 @@ def test_clock_skew(stack: Stack) -> None:
     stack.fault("clock-skew", seconds=120)
     assert 115 < skew("/health") < 125
     assert 115 < skew("/docs") < 125
+    # Ahead by 120 s, the API finds a fresh 60 s token expired; a long-lived one still valid.
+    expired = stack.get("/experiments", headers=stack.token(ttl=60))
+    assert expired.status_code == 401 and expired.json()["detail"] == "token expired"
+    assert stack.get("/experiments", headers=stack.token(ttl=3600)).status_code == 200
+    refused, total = _traffic_401s(stack, "client traffic with the API ahead")
+    assert refused == total  # the clients' 60 s tokens, signed by the real clock
+    assert stack.get("/health/ready").json()["components"]["auth"]["status"] == "ok"
+    # Behind by 120 s, a token issued now is not yet valid, whatever its lifetime.
+    stack.fault("clock-skew", seconds=-120)
+    assert -125 < skew("/health") < -115
+    early = stack.get("/experiments", headers=stack.token(ttl=3600))
+    assert early.status_code == 401 and early.json()["detail"] == "token not yet valid"
     stack.heal()
     assert abs(skew("/health")) < 5
+    assert stack.get("/experiments", headers=stack.token(ttl=60)).status_code == 200
 
 
 def test_stuck_experiment(stack: Stack) -> None:

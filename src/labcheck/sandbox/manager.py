@@ -19,6 +19,13 @@ import httpx
 
 from labcheck.evidence import mask_dsn
 from labcheck.sandbox import services
+from labcheck.sandbox.flavours import (
+    DEFAULT_FLAVOR,
+    FLAVOR_LIBRARY,
+    SHAPE_DEFAULTS,
+    check_flavor,
+    check_shape,
+)
 from labcheck.sandbox.postgres import (
     check_traversable,
     pg_bindir,
@@ -120,14 +127,24 @@ def up(
     log_statements: bool = False,
     timeout: float = 90,
     progress: Callable[[str], None] | None = None,
+    flavor: str | None = None,
+    shape: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Bring the whole sandbox up (or find it already up) and return its state.
 
+    `flavor` names the exporter library instrumenting the API and `shape` its bodies' shape
+    (sandbox/flavours.py); None: what runs (or ran, for a partial sandbox started again), else
+    `playbook` and the playbook's shape.
     Idempotent: a sandbox whose recorded processes are all alive and ready is returned as is
-    (whatever port_offset says); a partial one is torn down first and started clean.
+    (whatever port_offset says) unless it runs another flavour or shape than asked, which is an
+    error; a partial one is torn down first and started clean.
     """
     d = resolve_dir(dir)
     say = progress or (lambda _msg: None)
+    if flavor is not None:
+        check_flavor(flavor)
+    if shape is not None:
+        shape = check_shape({**SHAPE_DEFAULTS, **shape})
     with locked(d):
         try:
             existing = load_state(d)
@@ -136,13 +153,34 @@ def up(
             existing = None
         if existing is not None:
             if services.healthy(existing):
+                _same_platform(d, existing, flavor, shape)
                 say("sandbox already up")
                 return existing
             say("sandbox partially up: stopping the leftovers first")
             _down_unlocked(d, existing)
+            # Started again as it was, unless asked otherwise.
+            flavor = flavor or existing.get("flavor")
+            shape = shape or existing.get("shape")
         elif pid_alive(postmaster_pid(d / "pgdata"), "postgres"):
             _down_unlocked(d, None)
-        return _up_unlocked(d, port_offset, log_statements, timeout, say)
+        return _up_unlocked(d, port_offset, log_statements, timeout, say,
+                            check_flavor(flavor or DEFAULT_FLAVOR),
+                            check_shape({**SHAPE_DEFAULTS, **(shape or {})}))
+
+
+def _same_platform(
+    d: Path, state: dict[str, Any], flavor: str | None, shape: dict[str, Any] | None
+) -> None:
+    """Refuse to hand back a running sandbox of another flavour or shape than asked."""
+    running = state.get("flavor", DEFAULT_FLAVOR)
+    if flavor is not None and flavor != running:
+        raise SandboxError(
+            f"the sandbox in {d} runs flavour {running}, not {flavor}: `labcheck sandbox down` first"
+        )
+    if shape is not None and shape != state.get("shape", SHAPE_DEFAULTS):
+        raise SandboxError(
+            f"the sandbox in {d} runs another shape ({state.get('shape')}): `labcheck sandbox down` first"
+        )
 
 
 def _up_unlocked(
@@ -151,6 +189,8 @@ def _up_unlocked(
     log_statements: bool,
     timeout: float,
     say: Callable[[str], None],
+    flavor: str,
+    shape: dict[str, Any],
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     prom_bin = find_binary("/usr/bin/prometheus", "prometheus")
@@ -171,14 +211,16 @@ def _up_unlocked(
     ids = pg_ids()
     if ids:
         check_traversable(d, *ids)
-    plan = services.Plan.new(d, p)
+    plan = services.Plan.new(d, p, flavor, shape)
     services.write_configs(plan)
     state = new_state(d, plan.sec)
+    state["flavor"], state["shape"] = flavor, shape
     st = Starter(d, state, deadline)
     st.save()
     try:
         # 2. PostgreSQL, 3. moto and its seed, 4. s3gw and kube then the API,
         # 5./6. Prometheus and the Pushgateway, 7./8. the suite's settings for this sandbox
+        say(f"flavour {flavor}: {FLAVOR_LIBRARY[flavor]}")
         say(f"postgres on {HOST}:{p['postgres']}")
         start_postgres(st, p["postgres"], plan.sec, log_statements)
         services.start_moto(st, plan, say)
@@ -299,6 +341,8 @@ def status(dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         "kubeconfig": settings.get("kubeconfig"),
         "namespace": settings.get("namespace"),
         "window": settings.get("window"),
+        "flavor": state.get("flavor", DEFAULT_FLAVOR),
+        "shape": state.get("shape", SHAPE_DEFAULTS),
     }
 
 

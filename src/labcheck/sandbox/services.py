@@ -10,12 +10,13 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from labcheck.sandbox.flavours import DEFAULT_FLAVOR, REQUEST_COUNTER, SHAPE_DEFAULTS
 from labcheck.sandbox.postgres import APP_ROLE, LABCHECK_ROLE, dsn
 from labcheck.sandbox.processes import Starter, pid_alive
 from labcheck.sandbox.state import (
@@ -54,9 +55,13 @@ class Plan:
     url: dict[str, str]
     sec: dict[str, str]
     test_token: str
+    # The exporter library that instruments the API, and its bodies' shape (sandbox/flavours.py).
+    flavor: str = DEFAULT_FLAVOR
+    shape: dict[str, Any] = field(default_factory=lambda: dict(SHAPE_DEFAULTS))
 
     @classmethod
-    def new(cls, d: Path, ports: dict[str, int]) -> Plan:
+    def new(cls, d: Path, ports: dict[str, int], flavor: str = DEFAULT_FLAVOR,
+            shape: dict[str, Any] | None = None) -> Plan:
         """Fresh secrets and the kube stand-in's TLS files for a sandbox in d on ports."""
         sec = new_secrets()
         url = {name: f"http://{HOST}:{port}" for name, port in ports.items()}
@@ -64,7 +69,8 @@ class Plan:
         from labcheck.sandbox.kube import ensure_tls_files
 
         ensure_tls_files(kube_ca(d), d / "kube-tls.key")
-        return cls(d, ports, url, sec, _make_token(sec["jwt_secret"]))
+        return cls(d, ports, url, sec, _make_token(sec["jwt_secret"]), flavor,
+                   dict(shape or SHAPE_DEFAULTS))
 
     @property
     def kubeconfig(self) -> Path:
@@ -106,6 +112,8 @@ def write_configs(plan: Plan) -> None:
             "quota_bytes": QUOTA_BYTES,
             "traffic_rps": 20,
             "state_dir": str(d),
+            "flavor": plan.flavor,
+            **plan.shape,
         },
         "s3gw": {
             "host": HOST,
@@ -239,7 +247,7 @@ def start_prometheus(st: Starter, plan: Plan, say: Say, prom_bin: str, pushgw_bi
     )
     # Up means ready to triage: the suite's rate queries need two scrapes of the API's
     # traffic inside the window, else a first run reports them UNKNOWN ("no data").
-    rate = f"sum(rate(http_requests_total[{WINDOW}]))"
+    rate = f"sum(rate({REQUEST_COUNTER[plan.flavor]}[{WINDOW}]))"
     st.wait("prometheus", lambda: _prom_has(url["prometheus"], rate), f"prometheus has {rate}")
 
 

@@ -13,8 +13,6 @@ from email.utils import formatdate
 import jwt
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
-from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.exposition import generate_latest
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,12 +22,14 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labcheck.sandbox.api.faults import Faults
+from labcheck.sandbox.api.instrument import instrument
 from labcheck.sandbox.api.platform import Platform
 from labcheck.sandbox.api.settings import ApiSettings, first_line, log
+from labcheck.sandbox.flavours import READINESS_COMPONENTS
 from labcheck.sandbox.serve import admin_key_ok, fault_params
 
 REALM = "llm-research"
-# Routes counted in http_requests_total; /metrics and /admin are not.
+# Routes counted in the playbook flavour's http_requests_total; /metrics and /admin are not.
 UNCOUNTED_PREFIXES = ("/metrics", "/admin")
 
 
@@ -40,12 +40,12 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class Instrumentation:
-    """ASGI middleware: request metrics by route template, and the (maybe skewed) Date header."""
+    """ASGI middleware: the Date header by the API's (maybe skewed) clock, and in the `playbook`
+    flavour the request metrics by route template (other flavours leave those to a library)."""
 
-    def __init__(self, app: ASGIApp, platform: Platform, faults: Faults, routes: list[Route]) -> None:
+    def __init__(self, app: ASGIApp, platform: Platform, routes: list[Route]) -> None:
         self.app = app
         self.platform = platform
-        self.faults = faults
         self.routes = routes
 
     def _label(self, scope: Scope) -> str | None:
@@ -62,7 +62,8 @@ class Instrumentation:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        label = self._label(scope)
+        m = self.platform.metrics
+        label = self._label(scope) if m.requests is not None else None
         start = time.perf_counter()
         status = 500
 
@@ -70,8 +71,7 @@ class Instrumentation:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                skew = self.faults.param("clock-skew", "seconds", 0.0)
-                date = formatdate(time.time() + skew, usegmt=True).encode()
+                date = formatdate(self.platform.auth.now(), usegmt=True).encode()
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
                 headers.append((b"date", date))
                 message = {**message, "headers": headers}
@@ -80,8 +80,7 @@ class Instrumentation:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            if label is not None:
-                m = self.platform.metrics
+            if label is not None and m.requests is not None and m.duration is not None:
                 m.requests.labels(path=label, status=str(status)).inc()
                 m.duration.labels(path=label).observe(time.perf_counter() - start)
 
@@ -123,6 +122,8 @@ def create_app(settings: ApiSettings) -> Starlette:
             platform.auth.verify_token(token.strip())
         except jwt.ExpiredSignatureError:
             return unauthorized("token expired")
+        except jwt.ImmatureSignatureError:
+            return unauthorized("token not yet valid")
         except jwt.PyJWTError:
             return unauthorized("token invalid")
         return None
@@ -140,13 +141,14 @@ def create_app(settings: ApiSettings) -> Starlette:
             platform.db.check(), platform.storage.check()
         )
         auth_ok, auth_detail = platform.auth.check()
+        name = dict(zip(READINESS_COMPONENTS, settings.readiness_names, strict=True))
         components = {
-            "db": {"status": "ok" if db_ok else "error", "detail": db_detail},
-            "storage": {"status": "ok" if st_ok else "error", "detail": st_detail},
-            "auth": {"status": "ok" if auth_ok else "error", "detail": auth_detail},
+            name["db"]: {"status": "ok" if db_ok else "error", "detail": db_detail},
+            name["storage"]: {"status": "ok" if st_ok else "error", "detail": st_detail},
+            name["auth"]: {"status": "ok" if auth_ok else "error", "detail": auth_detail},
         }
         all_ok = db_ok and st_ok and auth_ok
-        body = {"status": "ok" if all_ok else "degraded", "components": components}
+        body = {"status": "ok" if all_ok else "degraded", settings.readiness_components: components}
         return JSONResponse(body, status_code=200 if all_ok else 503)
 
     async def experiments(request: Request) -> Response:
@@ -169,7 +171,13 @@ def create_app(settings: ApiSettings) -> Starlette:
         except psycopg.Error as exc:
             body = {"error": "database error", "detail": first_line(exc)}
             return JSONResponse(body, status_code=503)
-        items = [
+        if settings.experiments_shape == "items":
+            items = [
+                {"id": r[0], "name": r[1], "status": r[2], "created_at": _iso(r[3] or r[4])}
+                for r in rows
+            ]
+            return JSONResponse({"items": items})
+        experiments = [
             {
                 "id": r[0],
                 "name": r[1],
@@ -179,7 +187,7 @@ def create_app(settings: ApiSettings) -> Starlette:
             }
             for r in rows
         ]
-        return JSONResponse({"experiments": items})
+        return JSONResponse({"experiments": experiments})
 
     async def submit_experiment(request: Request) -> Response:
         """POST /experiments?dry_run=true: validate a submission, schedule nothing (issue 8's canary)."""
@@ -234,9 +242,6 @@ def create_app(settings: ApiSettings) -> Starlette:
             await asyncio.sleep(seconds)
         return HTMLResponse(DOCS_HTML)
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(platform.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     async def admin_fault(request: Request) -> Response:
         if (denied := admin_denied(request)) is not None:
             return denied
@@ -273,7 +278,6 @@ def create_app(settings: ApiSettings) -> Starlette:
         Route("/experiments", submit_experiment, methods=["POST"]),
         Route("/datasets", datasets, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
         Route("/admin/faults/{name}", admin_fault, methods=["POST"]),
         Route("/admin/faults", admin_faults, methods=["GET", "DELETE"]),
     ]
@@ -296,5 +300,7 @@ def create_app(settings: ApiSettings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.platform = platform
     app.state.faults = faults
-    app.add_middleware(Instrumentation, platform=platform, faults=faults, routes=routes)
+    app.add_middleware(Instrumentation, platform=platform, routes=routes)
+    # The flavour's library middleware (outermost: it sees every answer) and /metrics.
+    instrument(app, settings.flavor, platform.metrics.registry)
     return app

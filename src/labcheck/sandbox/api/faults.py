@@ -116,6 +116,8 @@ class Faults:
         await self._release(held)
         if name == "auth-secret-rotated":
             self.platform.auth.restore()
+        elif name == "clock-skew":
+            self.platform.auth.skew_s = 0.0
         elif name == "stuck-experiment" and cleanup:
             await self._delete_stuck_rows()
         elif name == "quota-full":
@@ -191,7 +193,12 @@ class Faults:
         return {}, {"route": "/docs"}
 
     async def _f_clock_skew(self, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"seconds": float(p.get("seconds", 120))}, {"header": "Date"}
+        # The API's clock: its Date header and its token validation. Ahead, tokens with less
+        # than `seconds` left are expired (the clients' 60 s tokens all are); behind, freshly
+        # issued tokens are not yet valid.
+        seconds = float(p.get("seconds", 120))
+        self.platform.auth.skew_s = seconds
+        return {"seconds": seconds}, {"header": "Date", "token_validation": f"clock {seconds:+g} s"}
 
     async def _f_auth_secret_rotated(
         self, p: dict[str, Any]

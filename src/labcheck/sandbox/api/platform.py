@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from labcheck.sandbox.api.auth import Auth
 from labcheck.sandbox.api.db import Database
@@ -18,23 +18,34 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0,
 
 
 class Metrics:
-    """The API's Prometheus metrics, in a registry of their own."""
+    """The API's Prometheus metrics.
+
+    Flavour `playbook`: its own registry, with the request counter and histogram under the
+    playbook's names. Other flavours: a library records the requests in prometheus-client's
+    default REGISTRY (see instrument.py), and the app's gauges join them there.
+    """
+
+    requests: Counter | None = None
+    duration: Histogram | None = None
 
     def __init__(self, settings: ApiSettings, db: Database) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "http_requests_total",
-            "HTTP requests by route template and status code.",
-            ["path", "status"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "http_request_duration_seconds",
-            "HTTP request duration by route template.",
-            ["path"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        if settings.flavor != "playbook":
+            self.registry = REGISTRY
+        else:
+            self.registry = CollectorRegistry()
+            self.requests = Counter(
+                "http_requests_total",
+                "HTTP requests by route template and status code.",
+                ["path", "status"],
+                registry=self.registry,
+            )
+            self.duration = Histogram(
+                "http_request_duration_seconds",
+                "HTTP request duration by route template.",
+                ["path"],
+                buckets=LATENCY_BUCKETS,
+                registry=self.registry,
+            )
         pool_gauges: list[tuple[str, str, Callable[[], float]]] = [
             ("db_pool_connections", "Connections currently open in the database pool.",
              lambda: db.pool_stat("pool_size")),

@@ -39,6 +39,12 @@ class ApiSettings:
     traffic_concurrency: int = 0
     state_dir: str = ""
     grant_select_to: list[str] = field(default_factory=list)
+    # Which exporter library instruments the API (labcheck.sandbox.flavours.FLAVORS) and the
+    # shape of its bodies (flavours.SHAPE_DEFAULTS).
+    flavor: str = "playbook"
+    readiness_components: str = "components"
+    readiness_names: list[str] = field(default_factory=lambda: ["db", "auth", "storage"])
+    experiments_shape: str = "experiments"
 
     @classmethod
     def load(cls, path: str | Path) -> ApiSettings:

@@ -16,7 +16,8 @@ from labcheck.sandbox.api.settings import ApiSettings
 async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> None:
     """Real HTTP requests to this API over loopback, at about traffic_rps.
 
-    `client_token` gives the bearer token the clients send (it follows a rotated secret).
+    `client_token` gives the bearer token one client sends (Auth.client_token: the real clock,
+    and after a rotation mostly the old secret).
     """
     s = settings
     if s.traffic_rps <= 0:
