@@ -55,14 +55,12 @@ def where(path: str, *rest: str) -> str:
 
 @dataclass(frozen=True)
 class Judged:
-    """One readiness component judged: ok, or not ok with what was observed and the condition."""
+    """One readiness component judged: ok, or not ok with what was observed."""
 
     ok: bool
     target: str
     observed: str
     threshold: str
-    condition: str | None = None
-    endpoint_failed: bool = False  # the endpoint failed: the component itself was not reported
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,6 @@ class Readiness:
     components: dict[str, Any] | None  # name -> state; None when the body could not be read
     unreadable: str | None = None  # why the components could not be read
     failure: str | None = None  # why the endpoint itself failed (no answer, 5xx without components)
-    condition: str | None = None
     evidence: Any = field(default=None, repr=False)
 
     @property
@@ -89,15 +86,19 @@ class Readiness:
     def judge(self, component: str) -> Judged:
         """The playbook component's state (``db``, ``auth``, ``storage``) under its configured name.
 
-        FAILED (``ok`` False) when its status is a failed value, or when the endpoint itself failed;
-        UNKNOWN (raised) when the body could not be read, the component is absent, or its status is
+        FAILED (``ok`` False) when its status is a failed value; UNKNOWN (raised) when the endpoint
+        failed as a whole, the body could not be read, the component is absent, or its status is
         neither an ok nor a failed value.
         """
         m = self.map
         target = self.target(component)
         if self.failure is not None:
-            return Judged(False, target, self.failure, f"HTTP 200 with {self.threshold}", self.condition,
-                          endpoint_failed=True)
+            # The endpoint failed as a whole: it says nothing of this component, and a finding here
+            # would be counted against the database, auth or storage. /health and the API's ratio
+            # checks judge the endpoint itself.
+            raise NoData(f"{self.failure}: the readiness endpoint failed as a whole and says nothing of "
+                         f"{m.readiness_name(component)!r} (the API gateway checks judge the endpoint)",
+                         target=target)
         if self.components is None:
             raise ProbeBadResponse(f"could not read the readiness components: {self.unreadable}", target=target)
         name = m.readiness_name(component)
@@ -139,12 +140,11 @@ def _components(value: Any) -> dict[str, Any] | None:
 def read_readiness(attempt: http.Attempt, m: signals.SignalMap) -> Readiness:
     """Judge what the readiness endpoint answered.
 
-    - no answer (refused, timed out, cut off): the endpoint failed (FAILED, ``api_not_answering``);
+    - no answer (refused, timed out, cut off): the endpoint failed (``judge`` is UNKNOWN for every
+      component: the API gateway checks own it);
     - 2xx or 5xx whose body holds the components: each component is judged by its own status, so a
       503 naming the failing component fails that component, and only it;
-    - 5xx without readable components: the endpoint failed. A 502/503/504 is what a gateway answers
-      for an API that does not (``api_not_answering``); another 5xx is the API erring
-      (``high-error-rate``). Neither points at the database, auth or storage scenario;
+    - 5xx without readable components: the endpoint failed, as above;
     - 2xx without readable components, 3xx or 4xx (401/403: labcheck's access; 404: the path):
       could not read, UNKNOWN.
     """
@@ -152,7 +152,7 @@ def read_readiness(attempt: http.Attempt, m: signals.SignalMap) -> Readiness:
     result = attempt.result
     if result is None:
         reason = attempt.error.reason if attempt.error is not None else "no answer"
-        return replace(ready, failure=f"no answer: {reason}", condition="api_not_answering")
+        return replace(ready, failure=f"no answer: {reason}")
     ready = replace(ready, http_status=result.status, evidence=result.exchange())
     components, why = None, ""
     try:
@@ -169,9 +169,7 @@ def read_readiness(attempt: http.Attempt, m: signals.SignalMap) -> Readiness:
     if components is not None and (200 <= result.status < 300 or result.status >= 500):
         return replace(ready, components=components)
     if result.status >= 500:
-        condition = "api_not_answering" if result.status in (502, 503, 504) else "high-error-rate"
-        return replace(ready, unreadable=why, condition=condition,
-                       failure=f"HTTP {result.status} without readable components ({why})")
+        return replace(ready, unreadable=why, failure=f"HTTP {result.status} without readable components ({why})")
     if not 200 <= result.status < 300:
         hint = {401: "the endpoint wants credentials", 403: "the endpoint refuses labcheck",
                 404: "no such endpoint; set signals.readiness_path"}.get(result.status, "not an answer to judge")

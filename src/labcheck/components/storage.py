@@ -366,8 +366,8 @@ class Storage:
         """Raise UNKNOWN for a 403 on labcheck's credentials unless /health/ready reports storage failing."""
         try:
             judged = Api(self.lab).readiness().judge("storage")
-            # The endpoint failing says nothing about storage: only the component's own status counts.
-            failing = not judged.ok and not judged.endpoint_failed
+            # Only the component's own status counts (the endpoint failing as a whole is UNKNOWN).
+            failing = not judged.ok
             platform = f"the platform's readiness reports storage {judged.observed} ({judged.target})"
         except Unknown as exc:
             failing, platform = False, f"the platform's readiness could not be read ({exc.reason})"
