@@ -33,6 +33,9 @@ def _judge(sat, threshold, expect, *, risk, mitigation):
     if not over and sat.unmeasured:
         raise NoData(f"no {sat.resource} usage sample from {sat.source} for running container(s) with a "
                      f"limit: {', '.join(f'{c.pod}/{c.container}' for c in sat.unmeasured)}", target=sat.target)
+    if not any(c.running for c in sat.containers):
+        raise NoData(f"no container of deployment/{sat.deployment} is running: no {sat.resource} usage to judge "
+                     f"(the pod checks judge why)", target=sat.target)
     if not judged:
         raise NoData(f"no running container of deployment/{sat.deployment} declares a {sat.resource} limit, "
                      f"so no usage/limit ratio can be judged (check_containers_declare_limits judges the "
@@ -43,8 +46,9 @@ def _judge(sat, threshold, expect, *, risk, mitigation):
     observed = (f"{len(over)} of {len(judged)} container(s) at or above {threshold:.0%} of their {sat.resource} "
                 f"limit, worst {over[0].show(sat.resource)}" if over
                 else f"highest {worst.show(sat.resource)}") + unlimited
+    source = f"{sat.source}; {sat.passed_over}" if sat.passed_over else sat.source
     expect(not over, target=f"{sat.resource} usage of deployment/{sat.deployment} against its containers' limits "
-                            f"({sat.source})",
+                            f"({source})",
            observed=observed, threshold=f"below {threshold:.0%} of the {sat.resource} limit ({risk})",
            detail=(_lines(c.show(sat.resource) for c in over) + f"\nmitigation: {mitigation}") if over else "",
            evidence=sat.table())
@@ -58,8 +62,9 @@ def check_cpu_below_limit(usage, deployment, settings, expect):
     # CPU limit, false when none is; not set when the check cannot judge (UNKNOWN).
     sat = usage.cpu(deployment)
     threshold = float(settings.cpu_limit_ratio)
-    if deployment == settings.api_deployment and sat.judged and not (sat.unmeasured and not sat.over(threshold)):
-        expect.fact("cpu_bound", bool(sat.over(threshold)))
+    over, judgeable = sat.over(threshold), sat.judged and not sat.unmeasured
+    if deployment == settings.api_deployment and (over or judgeable):
+        expect.fact("cpu_bound", bool(over))
     _judge(sat, threshold, expect, risk="throttling",
            mitigation=f"scale deployment/{deployment} horizontally, or raise its CPU limit")
 
