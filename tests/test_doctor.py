@@ -63,6 +63,8 @@ def test_review_answers_from_the_rules() -> None:
     assert not ask(resource="secrets", verb="get", name="other", namespace="llm-research")
     assert not ask(resource="secrets", verb="list", namespace="llm-research")
     assert ask(group="apps", resource="deployments", verb="list", namespace="llm-research")
+    assert ask(group="metrics.k8s.io", resource="pods", verb="list", namespace="llm-research")
+    assert not ask(group="metrics.k8s.io", resource="pods", verb="watch", namespace="llm-research")
 
 
 def test_doctor_on_the_healthy_sandbox_is_all_ok(sandbox: Any) -> None:
@@ -71,7 +73,7 @@ def test_doctor_on_the_healthy_sandbox_is_all_ok(sandbox: Any) -> None:
     rows = _rows(proc.stdout)
     assert set(rows) == {"prometheus", "database", "kubernetes", "s3", "test_token"}, proc.stdout
     assert all(status == "OK" for lines in rows.values() for status, _ in lines), proc.stdout
-    assert len(rows["kubernetes"]) == 6 and len(rows["database"]) == 2 and len(rows["s3"]) == 2
+    assert len(rows["kubernetes"]) == 7 and len(rows["database"]) == 2 and len(rows["s3"]) == 2
     assert "Traceback" not in proc.stderr
     assert sandbox.settings["test_token"] not in proc.stdout
 

@@ -29,6 +29,7 @@ KUBE_ACCESS = (
     ("", "events", ("get", "list", "watch"), True),
     ("apps", "deployments", ("get", "list", "watch"), True),
     ("apps", "replicasets", ("get", "list", "watch"), True),
+    ("metrics.k8s.io", "pods", ("get", "list"), True),  # PodMetrics: what `kubectl top pods` reads
     ("", "nodes", ("get", "list", "watch"), False),
 )
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -127,7 +128,8 @@ def kubernetes(lab: Lab) -> Iterator[Row]:
     asks: list[tuple[str, list[dict[str, str]]]] = []
     for group, resource, verbs, namespaced in KUBE_ACCESS:
         where = {"namespace": namespace} if namespaced else {}
-        asks.append((f"{'/'.join(verbs)} {resource}",
+        named = f"{resource}.{group}" if group.endswith(".k8s.io") else resource  # pods.metrics.k8s.io
+        asks.append((f"{'/'.join(verbs)} {named}",
                      [{"group": group, "resource": resource, "verb": v, **where} for v in verbs]))
     secret = str(lab.settings.secret_name)
     asks.append((f"get secret {secret}",

@@ -30,14 +30,17 @@ USER_AGENT = "labcheck (kubernetes-client/python)"
 LIST_MAX_BYTES = 64 * 1024 * 1024  # a list bigger than this is refused, not read into memory
 CLIENT_FACT = "kube client"
 CLIENT_SETUP_S = 30.0  # importing the client and loading credentials (an exec plugin) may take this long
-LISTS = ("pods", "events", "nodes", "deployments", "replicasets")
+LISTS = ("pods", "events", "nodes", "deployments", "replicasets", "podmetrics")
 LIST_PATHS = {
     "pods": "/api/v1/namespaces/{namespace}/pods",
     "events": "/api/v1/namespaces/{namespace}/events",
     "nodes": "/api/v1/nodes",
     "deployments": "/apis/apps/v1/namespaces/{namespace}/deployments",
     "replicasets": "/apis/apps/v1/namespaces/{namespace}/replicasets",
+    # What `kubectl top pods` reads: the metrics API (metrics-server); 404 where none is installed.
+    "podmetrics": "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
 }
+LIST_NAMES = {"podmetrics": "pods.metrics.k8s.io"}  # how kubectl names a list in messages
 
 
 class KubeNotFound(ProbeBadResponse):
@@ -249,7 +252,7 @@ class KubeApi:
 
     def _fetch_list(self, resource: str) -> list[Obj]:
         where = "" if resource == "nodes" else f" in namespace {self.namespace}"
-        what = f"list {resource}{where}"
+        what = f"list {LIST_NAMES.get(resource, resource)}{where}"
         doc = self._json(what, self._read(what, LIST_PATHS[resource], {"namespace": self.namespace},
                                           max_bytes=LIST_MAX_BYTES))
         items = doc.get("items") if isinstance(doc, dict) else None

@@ -100,6 +100,9 @@ KUBE_FAULTS = (
     "node-not-ready",
     "recent-rollout",
     "workers-unavailable",
+    "cpu-saturation",
+    "memory-saturation",
+    "metrics-server-absent",
     "forbidden",
     "unauthorized",
 )

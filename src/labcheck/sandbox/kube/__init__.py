@@ -20,7 +20,8 @@
 #   resourceVersion), then ADDED/MODIFIED/DELETED as the clock or faults change objects,
 #   until timeoutSeconds (default 30, max 300). With Accept as=Table it streams Table rows.
 # - Faults: crash-loop hits the first llm-research-api pod, oom-killed the second, and
-#   node-not-ready node-b (its pods turn Ready=False, no eviction). Every fault takes
+#   node-not-ready node-b (its pods turn Ready=False, no eviction), cpu-saturation and
+#   memory-saturation the API pods' PodMetrics, metrics-server-absent the whole metrics API (404). Every fault takes
 #   started_ago=<seconds> to backdate its start.
 # - Heal drops the faults, so objects return exactly to the baseline, including after
 #   recent-rollout: revision 3, two days old, and no trace of the rollout.
@@ -30,6 +31,7 @@
 #   events     events and the object references they point at
 #   faults     FAULTS, inject / heal, what the faults do to pods
 #   logs       each container's log
+#   metrics    PodMetrics (metrics.k8s.io/v1beta1), what `kubectl top pods` reads
 #   resources  discovery, request_info, label and field selectors
 #   tables     the Tables `kubectl get` prints
 #   tls        the self-signed certificate, write_kubeconfig

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from labcheck.sandbox.kube import faults, rbac
+from labcheck.sandbox.kube import faults, metrics, rbac
 from labcheck.sandbox.kube.logs import pod_log
 from labcheck.sandbox.kube.model import (
     CLIENT_USER,
@@ -245,10 +245,45 @@ def create_app(cfg: KubeConfig, cluster: Cluster | None = None) -> Starlette:
                 "the server does not allow this method on the requested resource",
                 {},
             )
+        if path.startswith(f"/apis/{metrics.GROUP}/") or path.rstrip("/") == f"/apis/{metrics.GROUP}":
+            return serve_metrics(info, path, query)
         if not info.is_resource:
             doc = discovery(path, f"{cfg.host}:{cfg.port}")
+            if doc is not None and path.rstrip("/") == "/apis" and metrics.ABSENT_FAULT not in cluster.faults:
+                doc["groups"].append(metrics.group_doc())  # the APIService metrics-server registers
             return _no_such_path() if doc is None else _json(doc)
         return serve_resource(request, info, query)
+
+    def serve_metrics(info: RequestInfo, path: str, query: Query) -> Response:
+        """PodMetrics (get, list, labelSelector), or 404 everywhere as without metrics-server."""
+        if metrics.ABSENT_FAULT in cluster.faults:
+            return _no_such_path()
+        p = path.rstrip("/")
+        if p == f"/apis/{metrics.GROUP}":
+            return _json(metrics.group_doc())
+        if p == f"/apis/{metrics.GROUP}/{metrics.VERSION}":
+            return _json(metrics.resource_list())
+        if (info.version != metrics.VERSION or info.resource != "pods" or info.subresource
+                or info.verb not in ("get", "list")):
+            return _no_such_path()
+        snap = snapshot(cluster)
+        labels = {o["metadata"]["name"]: o["metadata"].get("labels") or {} for o in snap.objects["pods"]}
+        items = [i for i in metrics.pod_metrics(snap, labels)
+                 if not info.namespace or i["metadata"]["namespace"] == info.namespace]
+        if info.name:
+            items = [i for i in items if i["metadata"]["name"] == info.name]
+            if info.verb == "get":
+                if not items:
+                    return _status(404, "NotFound", f'podmetrics.{metrics.GROUP} "{info.name}" not found',
+                                   {"name": info.name, "group": metrics.GROUP, "kind": "pods"})
+                return _json(metrics.single(items[0]))
+        if sel := query_param(query, "labelSelector"):
+            try:
+                match = label_matcher(sel)
+            except ValueError as exc:
+                return _bad_request(str(exc))
+            items = [i for i in items if match(i)]
+        return _json(metrics.listing(items))
 
     def serve_resource(request: Request, info: RequestInfo, query: Query) -> Response:
         rd = RESOURCES.get((info.group, info.resource))

@@ -28,6 +28,11 @@ FAULTS: dict[str, str] = {
     "recent-rollout": "llm-research-api rolled out a new revision a minute ago (params: image, change_cause)",
     "workers-unavailable": "experiment-workers pods fail readiness, 0 available",
     "auth-secret-rotated": "secret JWT_SECRET replaced (params: new_secret)",
+    "cpu-saturation": "the llm-research-api containers use that share of their CPU limit in PodMetrics "
+                      "(params: share=0.97)",
+    "memory-saturation": "the llm-research-api containers use that share of their memory limit in PodMetrics "
+                         "(params: share=0.95)",
+    "metrics-server-absent": "the metrics API (metrics.k8s.io) answers 404, as without metrics-server",
     "forbidden": "every Kubernetes API request answers 403 Forbidden",
     "unauthorized": "every Kubernetes API request answers 401 Unauthorized",
 }
@@ -37,7 +42,10 @@ FAULT_PARAMS: dict[str, dict[str, type]] = {
     "crash-loop": {"interval": float},
     "recent-rollout": {"image": str, "change_cause": str},
     "auth-secret-rotated": {"new_secret": str},
+    "cpu-saturation": {"share": float},
+    "memory-saturation": {"share": float},
 }
+SATURATION_SHARES = {"cpu-saturation": 0.97, "memory-saturation": 0.95}
 
 
 def inject(cluster: Cluster, name: str, params: dict[str, Any], now: float | None = None) -> Fault:
@@ -62,6 +70,10 @@ def inject(cluster: Cluster, name: str, params: dict[str, Any], now: float | Non
         clean.setdefault("interval", 10.0)
         if clean["interval"] <= 0:
             raise ValueError("interval must be > 0")
+    if name in SATURATION_SHARES:
+        clean.setdefault("share", SATURATION_SHARES[name])
+        if not 0 < clean["share"] <= 2:
+            raise ValueError("share must be above 0 and at most 2 (a share of the limit)")
     if name == "auth-secret-rotated":
         clean.setdefault("new_secret", secrets.token_urlsafe(32))
         if not clean["new_secret"]:

@@ -30,6 +30,7 @@ def grants(secret_name: str = "llm-research-secrets") -> tuple[Grant, ...]:
     return (
         Grant(True, "", ("pods", "pods/log", "events"), READ),
         Grant(True, "apps", ("deployments", "replicasets"), READ),
+        Grant(True, "metrics.k8s.io", ("pods",), ("get", "list")),
         Grant(True, "", ("secrets",), ("get",), (secret_name,)),
         Grant(False, "", ("nodes",), ("get", "list", "watch")),
     )
