@@ -158,7 +158,7 @@ def _findings(data: Mapping[str, Any], incident_start: str | None, at: str) -> l
         out.append(f"{data['severity']} ({data.get('severity_definition') or ''}): "
                    f"{data.get('impact') or ', '.join(data.get('affected_components') or [])}")
         out += cause_findings(data)
-        failing = [c for c in data.get("checks") or [] if c["outcome"] == "failed"]
+        failing = failing_cause_first(data)
         for c in failing[:SHOWN_FINDINGS]:
             first = (c.get("message") or "").splitlines()[0] if c.get("message") else ""
             out.append(f"FAILED {c.get('severity') or ''} {c.get('component') or '?'}: {first} (`{c['nodeid']}`)")
@@ -167,6 +167,14 @@ def _findings(data: Mapping[str, Any], incident_start: str | None, at: str) -> l
     if data.get("blind_spot_warning"):
         out.append(f"WARNING: {data['blind_spot_warning']}")
     return out
+
+
+def failing_cause_first(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The failing checks in the ranking's order: the causes' checks, then the symptoms', then the rest."""
+    by_id = {c["nodeid"]: c for c in data.get("checks") or []}
+    ordered = [n for f in [*(data.get("causes") or []), *(data.get("symptoms") or [])] for n in f["checks"]]
+    ordered += [n for n, c in by_id.items() if c["outcome"] == "failed" and n not in ordered]
+    return [by_id[n] for n in dict.fromkeys(ordered) if n in by_id]
 
 
 def cause_findings(data: Mapping[str, Any]) -> list[str]:

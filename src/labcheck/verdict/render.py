@@ -180,11 +180,7 @@ def incident_markdown(data: Mapping[str, Any]) -> str:
         "",
         "**Current Status:**",
     ]
-    by_id = {c["nodeid"]: c for c in data["checks"]}
-    ordered = [n for f in [*data.get("causes", []), *data.get("symptoms", [])] for n in f["checks"]]
-    ordered += [c["nodeid"] for c in data["checks"] if c["outcome"] == "failed" and c["nodeid"] not in ordered]
-    for nodeid in ordered:
-        c = by_id[nodeid]
+    for c in comms.failing_cause_first(data):
         first = (c["message"] or "").splitlines()[0]
         lines.append(f"- Known: FAILED {c['severity']} {c['component']}: {first} (`{c['nodeid']}`)")
     lines += [f"- Investigating: {finding}" for finding in comms.cause_findings(data)]
