@@ -14,7 +14,7 @@ from labcheck import config as cfg
 from labcheck import verdict
 from labcheck.scenarios import CatalogueError, load_catalogue
 from labcheck.verdict import comms
-from test_verdict import API_5XX, API_P95, CAT, DB, HEALTHY, SCENARIOS, T0, check, validate
+from test_verdict import API_5XX, API_P95, CAT, DB, HEALTHY, SCENARIOS, T0, check, run, validate
 
 MITIGATED = "2027-01-15T07:50:00Z"  # ten minutes before the run's T0 + 4 s
 
@@ -193,3 +193,19 @@ def test_the_impact_matrix_customer_words_are_optional_strings(tmp_path: Path) -
     (copy / "_severity.toml").write_text(text.replace('customer = "Documentation"', "customer = 3"))
     with pytest.raises(CatalogueError, match="impact.docs.customer' must be a string"):
         load_catalogue(copy)
+
+
+def test_a_run_stopped_by_a_usage_error_leaves_no_status_documents(pytester: pytest.Pytester) -> None:
+    pytester.mkdir("checks")
+    pytester.path.joinpath("checks", "test_ok.py").write_text(
+        "import pytest\n\n@pytest.mark.sev1\n@pytest.mark.api_gateway\ndef check_ok(expect):\n"
+        "    expect(True, target='t', observed='ok', threshold='ok')\n")
+    reports = pytester.path / "reports"
+    ok = run(pytester, "checks")
+    assert ok.ret == 0 and (reports / "status-page.md").read_text().startswith("**RESOLVED**")
+    ok.stdout.fnmatch_lines(["*Reports: triage.json, incident.md, status-update.md, status-page.md"])
+    bad = run(pytester, "checks", "--set", "p95_latency_s=fast")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    triage = json.loads((reports / "triage.json").read_text())
+    assert triage["error"] and triage["status_update"] is None and triage["status_page"] is None
+    assert not (reports / "status-update.md").exists() and not (reports / "status-page.md").exists()
