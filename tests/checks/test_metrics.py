@@ -106,3 +106,34 @@ def test_missing_application_series_are_unknown_here_and_where_read(
         assert "no series of any request counter" in check["message"], check
     assert run.triage["severity"] is None
     assert "auto: no series of any request counter" in run.triage["signals"]
+
+
+def _unfamiliar_prometheus(path: str, query: str) -> tuple[int, Any]:
+    """Like the empty one, but the request counter has labels no preset writes (route, code)."""
+    expr = parse_qs(query).get("query", [""])[0]
+    if path == "/api/v1/query" and expr.startswith("topk by (__name__"):
+        series = [{"metric": {"__name__": "http_requests_total", "route": "/experiments", "code": c, "verb": "GET"},
+                   "value": [0, "1"]} for c in ("200", "500")]
+        return 200, {"status": "success", "data": {"resultType": "vector", "result": series}}
+    if path == "/api/v1/query" and "http_requests_total" in expr:
+        # Were the checks to read the counter anyway, it would be a plausible healthy answer.
+        return 200, {"status": "success", "data": {"resultType": "vector",
+                                                   "result": [{"metric": {}, "value": [0, "5"]}]}}
+    return _empty_prometheus(path, query)
+
+
+def test_a_series_shape_no_preset_fits_is_unknown_naming_the_labels_seen(healed: Any) -> None:
+    fake = StandIn(_unfamiliar_prometheus)
+    try:
+        run = healed.run_checks(CHECKS, "checks/api_gateway.py", "checks/auth.py",
+                                "--prometheus-url", fake.url, "--api-url", healed.settings["api_url"])
+    finally:
+        fake.close()
+    assert "Traceback" not in run.stdout + run.stderr
+    for name in ("check_api_is_not_failing_most_requests", "check_error_ratio_below_sev2",
+                 "check_p95_latency_below_threshold", "check_auth_error_ratio", "check_app_exposes_series[requests]"):
+        check = run.check(name)
+        assert check["outcome"] == "unknown", (name, check)
+        assert "no preset fits" in check["message"] and "http_requests_total has labels code, route, verb" in check["message"]
+    assert run.triage["severity"] is None
+    assert run.triage["signals"].startswith("auto: no preset fits")
