@@ -312,6 +312,8 @@ def _picture_line(entry: dict[str, Any], reports: Path) -> str:
         return f"Metrics picture: {entry.get('note') or 'not drawn'}"
     gaps = [p["name"] for p in entry.get("panels", ()) if not p["points"]]
     over = f", over its {entry['budget_s']:g} s budget" if entry["seconds"] > entry["budget_s"] else ""
+    if entry.get("import_s") is not None:
+        over += f"; importing matplotlib took {entry['import_s']:.2f} s, from the first failure on"
     return (f"Metrics picture: {reports / entry['path']} (last 30 min, drawn in {entry['seconds']:.2f} s{over})"
             + (f"; no data for {', '.join(gaps)}" if gaps else ""))
 

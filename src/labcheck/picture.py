@@ -157,5 +157,6 @@ def draw(lab: Lab, *, severity: str, run_at: float, reports: Path, allure_dir: P
 def _done(entry: dict[str, Any], began: float, note: str | None) -> dict[str, Any]:
     entry["note"] = note
     entry["seconds"] = round(time.monotonic() - began, 3)
+    entry["import_s"] = picture_draw.import_seconds()
     return entry
 

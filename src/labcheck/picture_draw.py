@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,6 +70,8 @@ def broken(points: Sequence[tuple[float, float]], step: float) -> tuple[list[flo
     return xs, ys
 
 
+IMPORTED: dict[str, float | None] = {"seconds": None}
+_LOCK = threading.Lock()
 MISSING = "matplotlib is not installed (pip install 'labcheck[picture]')"
 
 
@@ -84,11 +88,20 @@ def load() -> None:
     The figure is drawn on an explicit Agg canvas, never through pyplot: no display is looked for,
     and the backend of a process that uses matplotlib for its own purposes is left alone.
     """
+    began = time.monotonic()
     try:
         import matplotlib.backends.backend_agg  # noqa: F401 - the import is the work
         import matplotlib.figure  # noqa: F401
     except ImportError:
         raise NotInstalled(MISSING) from None
+    with _LOCK:
+        if IMPORTED["seconds"] is None:  # the first, which did the work (a second one waited for it)
+            IMPORTED["seconds"] = round(time.monotonic() - began, 3)
+
+
+def import_seconds() -> float | None:
+    """What importing matplotlib took in this process (in the background when ``warm`` did it)."""
+    return IMPORTED["seconds"]
 
 
 def warm() -> None:
