@@ -185,3 +185,25 @@ def test_a_healthy_run_draws_nothing_and_sev1_never_imports_matplotlib(healed: A
     assert not (run.reports / "evidence" / "metrics.png").exists()
     assert "Metrics picture" not in run.stdout
     assert json.loads((tmp_path / "imported.json").read_text()) is False, "matplotlib was imported"
+
+
+def test_every_text_on_the_picture_passes_the_redactor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pixels cannot be redacted afterwards: the title, footer, queries and notes are, before drawing."""
+    url = "http://bob:s3cretpass@127.0.0.1:9"
+    lab = _lab(tmp_path, prometheus_url=url, signals="playbook")
+    now = time.time()
+
+    def series(lab: Lab, name: str, start: float, end: float, step: float) -> tuple[str, list[tuple[float, float]]]:
+        if name == "p95":
+            raise RuntimeError(f"cannot reach {url}/api/v1/query_range")
+        return f"sum(rate(x{{from=\"{url}\"}}[5m]))", [(now - 60, 1.0), (now - 50, 2.0)]
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(picture, "_series", series)
+    monkeypatch.setattr(picture, "render", lambda panels, **kw: seen.update(panels=panels, **kw) or b"\x89PNG")
+    entry = picture.draw(lab, severity="SEV-2", run_at=now, reports=tmp_path, allure_dir=None, now=now)
+    assert entry["path"] == "evidence/metrics.png" and entry["note"] is None
+    texts = [seen["title"], seen["footer"], *(t for p in seen["panels"] for t in (p.title, p.query, p.note or ""))]
+    assert all("s3cretpass" not in t for t in texts), texts
+    assert "p95" in entry["panels"][2]["name"] and "s3cretpass" not in str(entry)
+    assert "s3cretpass" not in (tmp_path / "evidence" / "metrics.json").read_text()
