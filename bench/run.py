@@ -136,6 +136,36 @@ def footprint(state: dict[str, Any], env: dict[str, str], reports: str) -> dict[
     return {"db_connections_opened": opened, "prom_queries": len(queries), "prom_distinct": len(set(queries))}
 
 
+def picture_cost(env: dict[str, str], reports: str, runs: int, box: Path) -> dict[str, float]:
+    """A failing run's metrics picture (issue 14): its own seconds, as triage.json records them, and the
+    run's wall time with and without it (metrics_picture=false), under a 50% error-rate fault."""
+    from labcheck.sandbox import manager
+
+    cmd = pytest_cmd("-m", "sev1 or sev2", "checks", reports=reports)
+    manager.fault("error-rate", {"share": 0.5}, dir=box)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the fault shows in the 5xx ratio
+            timed(cmd, env)
+            triage = json.loads((Path(reports) / "triage.json").read_text())
+            if any(c["outcome"] == "failed" and "error_ratio" in c["nodeid"] for c in triage["checks"]):
+                break
+        drawn, imports, walls = [], [], []
+        for _ in range(runs):
+            seconds, _, _ = timed(cmd, env)
+            walls.append(seconds)
+            entry = json.loads((Path(reports) / "triage.json").read_text()).get("picture") or {}
+            if entry.get("path"):
+                drawn.append(float(entry["seconds"]))
+                imports.append(float(entry.get("import_s") or 0.0))
+        off, _ = median_of(cmd, {**env, "LABCHECK_METRICS_PICTURE": "false"}, runs)
+    finally:
+        manager.heal(dir=box)
+    return {"median": statistics.median(drawn) if drawn else float("nan"), "max": max(drawn, default=float("nan")),
+            "drawn": len(drawn), "runs": runs, "wall": statistics.median(walls), "wall_off": off,
+            "import": statistics.median(imports) if imports else float("nan")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -204,6 +234,14 @@ def main() -> int:
         scaled, _ = median_of(pytest_cmd("checks", reports=reports), scaled_env, args.runs)
         growth = (scaled - full) / full
         row("7. full suite with 10x API endpoints (median)", f"{scaled:.2f} s ({growth:+.0%})", "< +30%", growth < 0.30)
+
+        pic = picture_cost(env, reports, args.runs, Path(BENCH_DIR))
+        row("8. metrics picture of a failing run (median, max)", f"{pic['median']:.2f} s, {pic['max']:.2f} s "
+            f"({pic['drawn']:g}/{pic['runs']:g} drawn)", "<= 1.5 s", pic["max"] <= 1.5)
+        row("   matplotlib import, in the background from the first failure (median)", f"{pic['import']:.2f} s",
+            "(overlaps the checks)", None)
+        row("   failing run's wall time, picture on / off (median)", f"{pic['wall']:.2f} s / {pic['wall_off']:.2f} s",
+            "(the picture's cost to the run)", None)
     finally:
         if not args.keep:
             manager.down(dir=Path(BENCH_DIR))

@@ -150,3 +150,27 @@ def test_a_faulted_sandbox_run_renders_in_a_real_browser(healed: Any, tmp_path: 
     keep = os.environ.get("LABCHECK_KEEP_SCREENSHOT")
     if keep:  # a copy to look at after the run
         shutil.copy(shot, keep)
+
+
+@pytest.mark.timeout(900)
+def test_the_metrics_picture_is_in_the_report_and_on_the_failing_checks_page(healed: Any, tmp_path: Path) -> None:
+    """Issue 14 part 3: the PNG is inlined in the one HTML file, and Chromium lists it on the run's
+    Global Attachments tab and in the failing check's teardown."""
+    import base64
+
+    allure_or_skip()
+    chromium_or_skip()
+    healed.fault("error-rate", share=0.5)
+    run = healed.wait_for(lambda r: r.outcome("check_error_ratio_below_sev2") == "failed",
+                          "checks/api_gateway.py", deadline_s=120, what="the 5xx ratio check failing")
+    picture = run.triage["picture"]
+    assert picture["path"], picture
+    out = tmp_path / "report"
+    page = report.build_report(run.reports / "allure-results", out)
+    png = (run.reports / picture["path"]).read_bytes()
+    assert base64.b64encode(png).decode()[:4000] in page.read_text(), "the PNG is inlined in the report"
+
+    tab = browse(page, "globalAttachments", tmp_path, screenshot=tmp_path / "global-attachments.png")
+    assert "Global Attachments 1" in tab and "metrics picture (last 30 min) image/png" in tab, tab[:800]
+    detail = browse(page, _result_id(out, "check_error_ratio_below_sev2"), tmp_path)
+    assert "Tear down" in detail and "metrics picture (last 30 min)" in detail, detail[:2000]

@@ -217,7 +217,41 @@ def mark_broken(config: Any, *, message: str, trace: str | None) -> None:
         result.statusDetails = StatusDetails(message=message, trace=trace)
 
 
-__all__ = ["UNKNOWN_CATEGORY", "categories", "environment", "executor", "mark_broken", "marks", "write_extras"]
+def attach_run_picture(directory: Path, png: bytes, *, name: str, statuses: tuple[str, ...] = ("failed",)) -> str:
+    """Attach a picture of the whole run to the Allure results; return the attachment's file name.
+
+    Written the way Allure writes a session fixture's teardown: a container whose ``afters`` carry
+    the attachment, its children the results of the failing checks, so each failing check's page
+    shows it. A ``globals`` file names it too, which Allure 3 shows as the run's global attachment.
+    """
+    import time
+    import uuid
+
+    now = int(time.time() * 1000)
+    source = f"{uuid.uuid4()}-attachment.png"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / source).write_bytes(png)
+    children = []
+    for path in sorted(directory.glob("*-result.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("status") in statuses and isinstance(doc.get("uuid"), str):
+            children.append(doc["uuid"])
+    attachment = {"name": name, "source": source, "type": "image/png"}
+    container = {"uuid": str(uuid.uuid4()), "name": "labcheck run", "children": children, "befores": [],
+                 "afters": [{"name": name, "status": "passed", "stage": "finished", "start": now, "stop": now,
+                             "attachments": [attachment], "steps": [], "parameters": []}],
+                 "start": now, "stop": now}
+    (directory / f"{container['uuid']}-container.json").write_text(json.dumps(container, indent=2) + "\n")
+    glob = {"attachments": [{**attachment, "timestamp": now}], "errors": []}
+    (directory / f"{uuid.uuid4()}-globals.json").write_text(json.dumps(glob, indent=2) + "\n")
+    return source
+
+
+__all__ = ["UNKNOWN_CATEGORY", "attach_run_picture", "categories", "environment", "executor", "mark_broken",
+           "marks", "write_extras"]
 
 
 def write_usage_error(directory: Path, message: str) -> None:

@@ -281,6 +281,7 @@ KEYS: dict[str, Key] = {
             "History checks: every minute of this look-back must be under the thresholds (set by labcheck gate)"),
         Key("history_since", parse_timestamp, None,
             "History checks start at this time, the mitigation (ISO-8601 or epoch seconds)"),
+        Key("metrics_picture", _bool, True, "Draw a failing run's metrics picture (evidence/metrics.png; labcheck[picture])"),
         Key("push_instance", _nonempty, None,
             "Grouping key `instance` of --push-metrics (default: the API URL's host:port)"),
     ]

@@ -155,6 +155,24 @@ class Evidence:
         _attach_allure(text, name, kind)
         return text
 
+    def record_run(self, name: str, body: Any) -> Path:
+        """Redact and record evidence of the whole run (no one check's) as JSON at the top of the
+        directory. Not attached here: outside a check there is no test result to attach it to."""
+        text = self.redact(json.dumps(body, indent=2, default=str, sort_keys=True))
+        return self._write(self.directory / _safe_name(name), text.encode("utf-8"))
+
+    def record_picture(self, name: str, png: bytes) -> Path:
+        """Record a picture of the whole run. Pixels cannot be redacted: its caller passes every text
+        it draws through this recorder's ``redact`` first."""
+        return self._write(self.directory / _safe_name(name), png)
+
+    def _write(self, path: Path, data: bytes) -> Path:
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            self.recorded.append(path)
+        return path
+
 
 def _attach_allure(text: str, name: str, kind: str) -> None:
     import allure  # a no-op unless allure-pytest is writing results

@@ -10,6 +10,7 @@ import linecache
 import os
 import time
 from collections.abc import Generator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +23,7 @@ from labcheck.expect import ExpectFailure
 from labcheck.markers import check_meta, is_check
 from labcheck.session import (
     catalogue_key,
+    get_lab,
     lab_key,
     redactor_key,
     reports_dir,
@@ -171,6 +173,8 @@ class Triage:
         self.verdict: dict[str, Any] | None = None
         self.expected: dict[str, dict[str, Any]] = {}
         self.error: str | None = None
+        self.picture_line: str | None = None
+        self._warming = False
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected.update({i.nodeid: check_meta(i) for i in session.items if is_check(i)})
@@ -210,6 +214,7 @@ class Triage:
         elif report.failed and entry["outcome"] not in ("failed", "unknown"):
             entry["outcome"] = "failed"
             entry["message"] = _failure_text(report)
+            self._warm_picture()
         elif report.skipped and entry["outcome"] == "passed":
             entry["outcome"] = "skipped"
             entry["message"] = report.longrepr[2] if isinstance(report.longrepr, tuple) else None
@@ -240,6 +245,7 @@ class Triage:
                 signals=signals.note(lab.peek(signals.RUN_KEY) if (lab := config.stash.get(lab_key, None)) else None,
                                      str(config.stash[settings_key].signals)),
             )
+            self._picture(interrupted)
             verdict.write(reports_dir(config), self.verdict, config.stash[redactor_key])
         except Exception as exc:  # noqa: BLE001 - a bug in the verdict must not cost the run its results
             self.error = f"labcheck could not build the verdict: {type(exc).__name__}: {exc}"
@@ -251,6 +257,42 @@ class Triage:
         if session.exitstatus == 0 and verdict.blind_spots_fail(self.verdict, mode):
             session.exitstatus = EXIT_BLIND_SPOTS
 
+    def _warm_picture(self) -> None:
+        """A check failed, so the run ends with a picture: import matplotlib now, in the background."""
+        if self._warming or not self.config.stash[settings_key].metrics_picture:
+            return
+        self._warming = True
+        import threading
+
+        from labcheck import picture_draw
+
+        if picture_draw.installed():
+            threading.Thread(target=picture_draw.warm, name="labcheck:picture import", daemon=True).start()
+
+    def _picture(self, interrupted: bool) -> None:
+        """A failing run's metrics picture, named in triage.json; what stops it is one summary line."""
+        assert self.verdict is not None
+        if not self.verdict.get("severity"):
+            return
+        config = self.config
+        reports = reports_dir(config)
+        if not config.stash[settings_key].metrics_picture:
+            entry: dict[str, Any] = {"path": None, "note": "not drawn: metrics_picture is off"}
+        elif interrupted:
+            entry = {"path": None, "note": "not drawn: the run was interrupted"}
+        else:
+            allure_dir = getattr(config.option, "allure_report_dir", None)
+            try:
+                from labcheck import picture
+
+                entry = picture.draw(get_lab(config), severity=str(self.verdict["severity"]),
+                                     run_at=config.stash[started_key], reports=reports,
+                                     allure_dir=Path(allure_dir) if allure_dir else None)
+            except Exception as exc:  # noqa: BLE001 - a picture that cannot be drawn costs the run nothing else
+                entry = {"path": None, "note": f"not drawn: {type(exc).__name__}: {exc}"}
+        self.verdict["picture"] = entry
+        self.picture_line = _picture_line(entry, reports)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.error:
             terminalreporter.write_line(self.config.stash[redactor_key](f"ERROR: {self.error}"), red=True)
@@ -260,6 +302,20 @@ class Triage:
         terminalreporter.write_sep("=", "labcheck triage", bold=True)
         for line in verdict.summary_lines(self.verdict):
             terminalreporter.write_line(redact(line))
+        if self.picture_line:
+            terminalreporter.write_line(redact(self.picture_line))
+
+
+def _picture_line(entry: dict[str, Any], reports: Path) -> str:
+    """The picture's one line in the terminal summary: where it is and what it cost, or why not."""
+    if not entry.get("path"):
+        return f"Metrics picture: {entry.get('note') or 'not drawn'}"
+    gaps = [p["name"] for p in entry.get("panels", ()) if not p["points"]]
+    over = f", over its {entry['budget_s']:g} s budget" if entry["seconds"] > entry["budget_s"] else ""
+    if entry.get("import_s") is not None:
+        over += f"; importing matplotlib took {entry['import_s']:.2f} s, from the first failure on"
+    return (f"Metrics picture: {reports / entry['path']} (last 30 min, drawn in {entry['seconds']:.2f} s{over})"
+            + (f"; no data for {', '.join(gaps)}" if gaps else ""))
 
 
 def _failure_text(report: pytest.TestReport) -> str:
