@@ -448,7 +448,7 @@ class Notifier:
         return _clip(_one_line(self.redact(detail)), 300)
 
     def _post(self, target: Target, content: bytes, deadline: float) -> tuple[bool, str]:
-        """At most ATTEMPTS POSTs; only what surely did not arrive (no connection, 429, 5xx) is retried."""
+        """At most ATTEMPTS POSTs: retried after no connection, 429 or 5xx, never after a read timeout."""
         import httpx
 
         last = "not sent"
