@@ -33,7 +33,7 @@ done
 
 echo "quickstart: installing labcheck and its dependencies (pip)"
 $PYTHON -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-$PYTHON -c "import labcheck.plugin, starlette, moto, psycopg_pool" || { echo "quickstart: pip install failed" >&2; exit 1; }
+$PYTHON -c "import labcheck.plugin, starlette, moto, psycopg_pool, prometheus_fastapi_instrumentator, starlette_exporter, opentelemetry.exporter.prometheus, matplotlib" || { echo "quickstart: pip install failed" >&2; exit 1; }
 
 # Allure 3 (npm package `allure`, no Java) for `labcheck report`, pinned by node/package-lock.json.
 if [ ! -x node/node_modules/.bin/allure ]; then

@@ -175,6 +175,18 @@ def test_a_failing_run_draws_the_picture_and_names_it_everywhere(healed: Any, tm
     assert (bare.reports / "incident.md").is_file() and (bare.reports / "allure-results").is_dir()
 
 
+def test_a_failing_sev1_triage_draws_nothing_and_never_imports_matplotlib(healed: Any, tmp_path: Path) -> None:
+    # Issue 14: the on-call's `pytest -m sev1` stays fast; the picture comes with a full run.
+    healed.fault("error-rate", share=0.9)
+    healed.wait_for(lambda r: r.triage["severity"] == "SEV-1", "-m", "sev1", deadline_s=120,
+                    what="a failing sev1 run")
+    run = healed.run_checks("-p", "picprobe", "-m", "sev1", env=_probe_env(tmp_path))
+    assert run.returncode == 1 and run.triage["severity"] == "SEV-1", run.stdout[-2000:]
+    assert run.triage["picture"]["path"] is None and "-m sev1" in run.triage["picture"]["note"]
+    assert not (run.reports / "evidence" / "metrics.png").exists()
+    assert json.loads((tmp_path / "imported.json").read_text()) is False, "matplotlib was imported"
+
+
 def test_a_healthy_run_draws_nothing_and_sev1_never_imports_matplotlib(healed: Any, tmp_path: Path) -> None:
     healed.wait_for(lambda r: r.triage["severity"] is None, "-m", "sev1", deadline_s=120,
                     what="a healthy sev1 run")

@@ -257,9 +257,18 @@ class Triage:
         if session.exitstatus == 0 and verdict.blind_spots_fail(self.verdict, mode):
             session.exitstatus = EXIT_BLIND_SPOTS
 
+    def _not_drawn(self) -> str | None:
+        """Why this run draws no picture (None when it does)."""
+        if not self.config.stash[settings_key].metrics_picture:
+            return "not drawn: metrics_picture is off"
+        if (self.config.getoption("markexpr", "") or "").strip() == "sev1":
+            # The on-call's first command stays fast (issue 14); a full run draws it.
+            return "not drawn: a -m sev1 triage draws none (run without -m sev1 for the picture)"
+        return None
+
     def _warm_picture(self) -> None:
         """A check failed, so the run ends with a picture: import matplotlib now, in the background."""
-        if self._warming or not self.config.stash[settings_key].metrics_picture:
+        if self._warming or self._not_drawn():
             return
         self._warming = True
         import threading
@@ -276,8 +285,8 @@ class Triage:
             return
         config = self.config
         reports = reports_dir(config)
-        if not config.stash[settings_key].metrics_picture:
-            entry: dict[str, Any] = {"path": None, "note": "not drawn: metrics_picture is off"}
+        if (why := self._not_drawn()) is not None:
+            entry: dict[str, Any] = {"path": None, "note": why}
         elif interrupted:
             entry = {"path": None, "note": "not drawn: the run was interrupted"}
         else:
