@@ -290,9 +290,13 @@ def test_healthy_sandbox_gate_passes_and_writes_the_resolution(healed: Any, tmp_
     assert doc["gate"] == "passed" and doc["rounds"][0]["status"] == "green"
     incident = (Path(doc["_reports"]) / "incident.md").read_text()
     assert incident.startswith("**INCIDENT RESOLVED**")
-    assert "- PASSED SEV-2 checks/api_gateway.py::check_error_ratio_below_sev2: API 5xx ratio over 10s:" in incident
+    assert "- PASSED SEV-2 checks/api_gateway.py::check_error_ratio_below_sev2: API 5xx ratio over 10s" in incident
     assert f"- PASSED SEV-2 {HISTORY_ERR}: API 5xx ratio per minute" in incident
     assert "gate: PASSED" in proc.stdout
+    # The round knew it was verifying a fix: its status documents say resolved, for the channel and customers.
+    assert triage_of(doc)["gate"]["history_window"] == "1m"
+    assert "**Status:** Resolved\n" in (Path(doc["_reports"]) / "status-update.md").read_text()
+    assert (Path(doc["_reports"]) / "status-page.md").read_text().startswith("**RESOLVED**")
 
 
 def test_gate_fails_under_error_rate(healed: Any, tmp_path: Path) -> None:
@@ -303,6 +307,10 @@ def test_gate_fails_under_error_rate(healed: Any, tmp_path: Path) -> None:
     assert doc["gate"] == "failed"
     assert entry_of(doc, "checks/api_gateway.py::check_error_ratio_below_sev2")["outcome"] == "failed"
     assert "INCIDENT DECLARED" in (Path(doc["_reports"]) / "incident.md").read_text()
+    # After a fix the checks still fail: Mitigating, which customers read as IDENTIFIED.
+    assert triage_of(doc)["status_update"]["phase"] == "Mitigating"
+    assert "**Status:** Mitigating\n" in (Path(doc["_reports"]) / "status-update.md").read_text()
+    assert (Path(doc["_reports"]) / "status-page.md").read_text().startswith("**IDENTIFIED**")
 
 
 def errors_then_heal(sandbox: Any, *, share: float, above: float) -> None:
@@ -357,6 +365,10 @@ def test_short_since_is_not_yet_enough_evidence(healed: Any, tmp_path: Path) -> 
     message = entry_of(doc, HISTORY_ERR)["message"]
     assert "not yet 15 minutes of evidence" in message and "since the mitigation at" in message
     assert any("not yet 15 minutes of evidence" in r for r in doc["reasons"])
+    # Clean since the fix, but not yet 15 minutes of it: Monitoring, naming the mitigation time.
+    update = (Path(doc["_reports"]) / "status-update.md").read_text()
+    assert "**Status:** Monitoring\n" in update and f"(applied at {time.strftime('%H:%M', time.gmtime(round(since)))} UTC)" in update
+    assert (Path(doc["_reports"]) / "status-page.md").read_text().startswith("**MONITORING**")
     # --fail-on-unknown none lets it pass: then the document is the resolution.
     proc, doc = gate_run(tmp_path, "--since", f"{since:.0f}", "--fail-on-unknown", "none",
                          "-k", "history or health_answers")

@@ -404,7 +404,7 @@ class Gate:
             result, code = "interrupted", 130
         chosen = self._chosen()
         if self.soak and chosen is not None:
-            for name in ("triage.json", "incident.md"):
+            for name in ("triage.json", "incident.md", verdict.comms.STATUS_UPDATE, verdict.comms.STATUS_PAGE):
                 src = o.reports / chosen.reports / name
                 if src.exists():
                     shutil.copyfile(src, o.reports / name)

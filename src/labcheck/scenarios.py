@@ -70,6 +70,7 @@ class Impact:
     users: str
     business: str
     severity: str
+    customer: str | None = None  # the service in a customer's words (the status page); None: not customer-facing
 
     def words(self) -> str:
         users = "all users" if self.users.lower() == "all" else f"{self.users.lower()}"
@@ -343,11 +344,15 @@ def load_severity(path: Path) -> SeverityData:
     for component, table in _need(doc, "impact", dict, where).items():
         at = f"impact.{component}"
         _kind(table, at, dict, where)
-        _no_unknown_keys(table, ("name", "users", "business", "severity"), f"{where}: key {at!r}")
+        _no_unknown_keys(table, ("name", "users", "business", "severity", "customer"), f"{where}: key {at!r}")
+        customer = table.get("customer")
+        if customer is not None:
+            _kind(customer, f"{at}.customer", str, where)
         impact[component] = Impact(component=component, name=_need(table, "name", str, f"{where}: key {at!r}"),
                                    users=_need(table, "users", str, f"{where}: key {at!r}"),
                                    business=_need(table, "business", str, f"{where}: key {at!r}"),
-                                   severity=_need(table, "severity", str, f"{where}: key {at!r}"))
+                                   severity=_need(table, "severity", str, f"{where}: key {at!r}"),
+                                   customer=customer)
     depends_on: dict[str, tuple[str, ...]] = {}
     for component, deps in doc.get("depends_on", {}).items():
         depends_on[component] = _strings({component: deps}, component, f"{where}: table 'depends_on'")

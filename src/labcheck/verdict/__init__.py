@@ -1,12 +1,14 @@
 """Incident severity, probable cause, next steps and the incident documents (re-exports only).
 
 ``model`` holds the dataclasses, ``rank`` the cause-first ranking, ``build`` the verdict
-(triage.json's dict), ``render`` the terminal summary, triage.json and incident.md.
+(triage.json's dict), ``render`` the terminal summary, triage.json and incident.md, ``comms`` the
+status update and the status page.
 """
 
 from __future__ import annotations
 
 from labcheck.verdict.build import _fill, blind_spots_fail, build, empty_verdict
+from labcheck.verdict.comms import phase, status_page_markdown, status_update_markdown
 from labcheck.verdict.model import (
     BUSINESS_ORDER,
     SCHEMA_FILE,
@@ -39,9 +41,12 @@ __all__ = [
     "build",
     "empty_verdict",
     "incident_markdown",
+    "phase",
     "rank",
     "resolution_markdown",
     "sev_name",
+    "status_page_markdown",
+    "status_update_markdown",
     "summary_lines",
     "write",
     "write_usage_error",

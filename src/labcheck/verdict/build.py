@@ -21,7 +21,7 @@ from typing import Any
 from labcheck.config import Settings
 from labcheck.scenarios import Catalogue, Scenario, SeverityData, Step
 from labcheck.timefmt import ago, iso_utc
-from labcheck.verdict import escalation
+from labcheck.verdict import comms, escalation
 from labcheck.verdict.conditions import derived_facts, holder_steps, scenario_for
 from labcheck.verdict.model import (
     BUSINESS_ORDER,
@@ -282,7 +282,8 @@ def _impact(causes: list[Finding], symptoms: list[Finding], data: SeverityData) 
             row = data.impact.get(f.component)
             details.append(Impact(component=f.component, name=row.name if row else f.component,
                                   users=row.users if row else None, business=row.business if row else None,
-                                  matrix_severity=row.severity if row else None, role=role))
+                                  matrix_severity=row.severity if row else None, role=role,
+                                  customer=row.customer if row else None))
     if not details:
         return None, details
     failing = [d.name for d in details if d.role == "cause"]
@@ -345,16 +346,16 @@ def build(
     if failed and (not scenarios or any(not c.scenario for c in causes)):
         playbook.append(("generic", *_evaluate(catalogue.generic, facts, settings)))
     next_steps, dropped = _next_steps(suspects, playbook, holder_steps(facts.values, facts.sources, roles))
+    values: Mapping[str, Any] = settings.values if settings is not None else {}
     situation = escalation.Situation(sev=sev, causes=causes, symptoms=symptoms, facts=facts.values,
                                      sources=facts.sources, finished_at=finished_at,
-                                     incident_start=getattr(settings, "values", {}).get("incident_start")
-                                     if settings is not None else None)
+                                     incident_start=values.get("incident_start"))
     escalated = escalation.evaluate(data, situation, [catalogue.get(s) for s in roles])
     held, not_evaluated = escalation.lines(escalated)
 
     blind = _blind_spots(checks)
     impact, impact_details = _impact(causes, symptoms, data)
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "severity": sev,
         "severity_definition": lvl.definition if lvl is not None else None,
@@ -388,7 +389,20 @@ def build(
         "facts": dict(facts.values),
         "fact_sources": facts.sources,
         "checks": [c.doc() for c in checks],
+        "incident_start": iso_utc(values["incident_start"]) if values.get("incident_start") is not None else None,
+        "gate": _gate_context(values),
     }
+    return {**doc, **comms.references(doc)}
+
+
+def _gate_context(values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A round of `labcheck gate` (it sets history_window, and history_since to the mitigation time):
+    the run verifies a mitigation, which is what lets the status update say Mitigating or Monitoring.
+    A gate run with --no-history sets neither, and reads as a single run."""
+    if not values.get("history_window"):
+        return None
+    since = values.get("history_since")
+    return {"history_window": str(values["history_window"]), "since": iso_utc(since) if since is not None else None}
 
 
 def _observed(check: CheckResult, catalogue: Catalogue) -> CheckResult:
@@ -421,5 +435,6 @@ def empty_verdict(*, error: str | None = None, started_at: float | None = None) 
         "blind_spots": blind, "sev1_blind": bool(error),
         "blind_spot_warning": "Nothing was checked: the run stopped on a configuration error." if error else None,
         "escalation": [], "escalation_evaluated": [], "escalation_not_evaluated": [], "verified": False,
-        "facts": {}, "fact_sources": {}, "checks": [],
+        "facts": {}, "fact_sources": {}, "checks": [], "incident_start": None, "gate": None,
+        "status_update": None, "status_page": None,
     }

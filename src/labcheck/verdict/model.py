@@ -190,6 +190,7 @@ class Impact:
     business: str | None
     matrix_severity: str | None
     role: str
+    customer: str | None = None  # the impact row's words for customers (the status page)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The verdict's outputs: the terminal summary, triage.json, and incident.md (declaration or resolution).
+"""The verdict's outputs: the terminal summary, triage.json, incident.md (declaration or resolution),
+and the status update and status page (``comms``).
 
 Everything here reads the verdict as triage.json has it (a dict), so the gate can render a
 resolution from a triage.json it read back.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from labcheck.timefmt import hhmm, hms, iso_z
+from labcheck.verdict import comms
 from labcheck.verdict.build import empty_verdict
 from labcheck.verdict.model import (
     SERIOUS,
@@ -93,8 +95,14 @@ def summary_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"Signals: {data['signals']}")
     counts = data["counts"]
     lines.append(f"{counts['passed']} passed, {counts['failed']} failed, {counts['unknown']} unknown "
-                 f"in {data['duration_s']:.1f} s. Reports: triage.json, incident.md")
+                 f"in {data['duration_s']:.1f} s. Reports: {', '.join(report_files(data))}")
     return lines
+
+
+def report_files(data: Mapping[str, Any]) -> list[str]:
+    """The documents ``write`` writes for this verdict, as triage.json names them."""
+    refs = [data.get("status_update"), data.get("status_page")]
+    return ["triage.json", "incident.md", *(r["file"] for r in refs if r)]
 
 
 def escalation_lines(data: Mapping[str, Any]) -> list[str]:
@@ -117,9 +125,13 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write(directory: Path, data: Mapping[str, Any], redact: Callable[[str], str]) -> None:
-    """Write triage.json and incident.md, redacted."""
+    """Write triage.json, incident.md, and the status update and status page it references, redacted."""
     _write_text(directory / "triage.json", redact(json.dumps(data, indent=2, default=str)) + "\n")
     _write_text(directory / "incident.md", redact(incident_markdown(data)))
+    if data.get("status_update"):
+        _write_text(directory / data["status_update"]["file"], redact(comms.status_update_markdown(data)))
+    if data.get("status_page"):
+        _write_text(directory / data["status_page"]["file"], redact(comms.status_page_markdown(data)))
 
 
 def write_usage_error(directory: Path, message: str, *, checks: Iterable[Mapping[str, Any]] | None = None,
@@ -142,6 +154,10 @@ def write_usage_error(directory: Path, message: str, *, checks: Iterable[Mapping
         data["blind_spot_warning"] = "The verdict could not be built: the checks' results are listed as they are."
     try:
         _write_text(directory / "triage.json", clean(json.dumps(data, indent=2, default=str)) + "\n")
+        # No status update or status page: nothing (or no verdict) says what to tell anyone, and a
+        # previous run's must not be posted as this one's.
+        for name in (comms.STATUS_UPDATE, comms.STATUS_PAGE):
+            (directory / name).unlink(missing_ok=True)
     except OSError:
         pass
 
@@ -164,21 +180,10 @@ def incident_markdown(data: Mapping[str, Any]) -> str:
         "",
         "**Current Status:**",
     ]
-    by_id = {c["nodeid"]: c for c in data["checks"]}
-    ordered = [n for f in [*data.get("causes", []), *data.get("symptoms", [])] for n in f["checks"]]
-    ordered += [c["nodeid"] for c in data["checks"] if c["outcome"] == "failed" and c["nodeid"] not in ordered]
-    for nodeid in ordered:
-        c = by_id[nodeid]
+    for c in comms.failing_cause_first(data):
         first = (c["message"] or "").splitlines()[0]
         lines.append(f"- Known: FAILED {c['severity']} {c['component']}: {first} (`{c['nodeid']}`)")
-    pc = data.get("probable_cause")
-    if pc:
-        title = f" ({pc['title']})" if pc.get("title") else ""
-        lines.append(f"- Investigating: probable cause {pc['label']}{title}; {pc['why']}")
-        if pc.get("caveat"):
-            lines.append(f"- Investigating: {pc['caveat']}")
-    for s in data.get("suspects") or []:
-        lines.append(f"- Investigating: suspect {s['why']}")
+    lines += [f"- Investigating: {finding}" for finding in comms.cause_findings(data)]
     others = [c["label"] for c in data.get("causes", [])[1:]]
     if others:
         lines.append(f"- Investigating: independent failures also seen: {', '.join(others)}")
@@ -262,7 +267,7 @@ def resolution_markdown(data: Mapping[str, Any], *, gate: GateEvidence | None = 
     if not verified:
         lines += [_coverage(data), ""]
     if gate is None:
-        lines += [f"**Status:** {'Resolved' if verified else 'Monitoring'}: no check failed at "
+        lines += [f"**Status:** {comms.phase({**data, 'verified': verified})[0]}: no check failed at "
                   f"{hhmm(finished)} ({counted['passed']} passed, {counted['unknown']} unknown)",
                   f"**Duration:** [Start time] - {hhmm(finished)} ([X hours Y minutes])"]
     else:
