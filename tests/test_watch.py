@@ -148,12 +148,15 @@ def test_corrupt_state_is_moved_aside_and_a_new_one_starts(tmp_path: Path) -> No
 
 
 class FakeNotifier:
+    targets = ["fake"]
+    budget_s = 1.0
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, str]] = []
 
     def send(self, kind: str, *, key: str, text: str, data: dict[str, Any]) -> list[Any]:
         self.sent.append((kind, key))
-        return []
+        return [type("Delivery", (), {"target": "fake", "ok": True, "detail": "HTTP 202"})()]
 
 
 def test_restart_continues_the_incident_without_a_second_declaration(tmp_path: Path,
@@ -171,18 +174,23 @@ def test_restart_continues_the_incident_without_a_second_declaration(tmp_path: P
                            "timeout_s": 5.0, "redact": staticmethod(lambda s: s), "settings": None})()
     options = type("Options", (), {"interval_s": 2.0, "until_resolved": True, "rule": RULE, "pytest_args": [],
                                    "deadline_s": None})()
-    first, note = FakeNotifier(), FakeNotifier()
+    first, second = FakeNotifier(), FakeNotifier()
     w1 = Watcher(env, options, first, warn=print)
     stop = threading.Event()
     w1.step(stop)
     w1.step(stop)
+    w1.outbox.close()  # sent, in the background
     assert [k for k, _ in first.sent] == ["declaration"]
-    w2 = Watcher(env, options, note, warn=print)  # the first one was killed: nothing but the file remains
+    assert json.loads((tmp_path / st.STATE_FILE).read_text())["incident"]["messages"][0]["deliveries"] == [
+        {"target": "fake", "ok": True, "detail": "HTTP 202", "skipped": False}]
+    w2 = Watcher(env, options, second, warn=print)  # the first one was killed: nothing but the file remains
     for _ in range(3):
         w2.step(stop)
+    w2.close()
     inc = w2.state["incident"]
-    assert [k for k, _ in note.sent] == ["resolution"]
-    assert {key for _, key in first.sent + note.sent} == {inc["key"]}
+    assert [m["kind"] for m in inc["messages"]] == ["declaration", "resolution"]
+    assert [k for k, _ in second.sent] == ["resolution"]
+    assert {key for _, key in first.sent + second.sent} == {inc["key"]}
     assert st.epoch(inc["started_at"]) == T0 and inc["duration_s"] == 6.0
     review = (tmp_path / "post-incident-review.md").read_text().splitlines()
     assert [line.split(" | ")[0] for line in review if re.match(r"\| \d+ \| \d", line)] == [
@@ -190,6 +198,28 @@ def test_restart_continues_the_incident_without_a_second_declaration(tmp_path: P
     assert any("Rollout: api revision 7" in line for line in review)
     assert "Duration:** 20" in (tmp_path / inc["messages"][-1]["file"]).read_text()
     assert json.loads((tmp_path / st.STATE_FILE).read_text())["incident"]["status"] == "resolved"
+
+
+def test_a_message_recorded_but_not_sent_is_sent_by_the_next_watcher(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rounds, "run", lambda cmd, **kw: st.Round(T0, 1.0, 1, triage({SEV2: "SEV-2"})))
+    env = type("Env", (), {"name": "default", "profile": None, "reports": tmp_path, "target": "t",
+                           "timeout_s": 5.0, "redact": staticmethod(lambda s: s), "settings": None})()
+    options = type("Options", (), {"interval_s": 2.0, "until_resolved": False, "rule": RULE, "pytest_args": [],
+                                   "deadline_s": None})()
+    silent = FakeNotifier()
+    silent.targets = []  # nowhere to post yet: killed before sending, as far as the state knows
+    w1 = Watcher(env, options, silent, warn=print)
+    w1.step(threading.Event())
+    w1.step(threading.Event())
+    state = json.loads((tmp_path / st.STATE_FILE).read_text())
+    state["incident"]["messages"][0]["deliveries"] = None
+    (tmp_path / st.STATE_FILE).write_text(json.dumps(state))
+    second = FakeNotifier()
+    w2 = Watcher(env, options, second, warn=print)
+    w2.close()
+    assert [k for k, _ in second.sent] == ["declaration"]
+    assert w2.state["incident"]["messages"][0]["deliveries"][0]["ok"] is True
 
 
 def watch(*args: str) -> subprocess.CompletedProcess[str]:
@@ -200,8 +230,8 @@ def watch(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("args", "message"), [
     (["--interval", "0.5s"], "--interval: 0.5s is under 1 s"),
     (["--interval", "soon"], "--interval: not a duration"),
-    (["--notify", "ftp://hooks.example/x"], "unknown scheme"),
-    (["--notify", "not a url"], "--notify"),
+    (["--notify", "ftp://hooks.example/x"], "unknown notify scheme 'ftp'"),
+    (["--notify", "not a url"], "not a URL"),
     (["--confirm", "4/3"], "--confirm"),
     (["--profile", "/nonexistent/a.toml"], "file not found"),
 ])

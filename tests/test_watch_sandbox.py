@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from labcheck.watch.state import STATE_FILE, epoch
+from receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[1]
 INTERVAL = 2.0
@@ -31,6 +32,7 @@ SEV1 = "check_api_is_not_failing_most_requests"
 # heal when the ratio sits near 20%: a share of 0.3 of the faulted routes gives about that overall (the
 # health and readiness traffic is not faulted), so the incident lasts fault-to-heal.
 SHARE = 0.3
+ROUTING_KEY = "R0123456789abcdef0123456789ABCDE"
 SELECT = ["-k", f"{SEV2} or {SEV1}"]
 
 
@@ -97,7 +99,24 @@ def kinds(s: dict[str, Any]) -> list[str]:
 def test_fault_declared_raised_lowered_survives_a_kill_and_resolves(healed: Any, tmp_path: Path,
                                                                     watches: list[Watch]) -> None:
     reports = tmp_path / "reports"
-    w1 = Watch(reports, "--interval", f"{INTERVAL:g}s", *SELECT)
+    pagerduty, broken = Receiver(statuses=[202]), Receiver(statuses=[500])
+    notify = ["--notify", f"pagerduty+{pagerduty.url}/v2/enqueue?routing_key={ROUTING_KEY}",
+              "--notify", f"webhook+{broken.url}/hook"]
+    try:
+        inc = _fault_to_resolution(healed, reports, watches, notify)
+    finally:
+        pagerduty.close()
+        broken.close()
+    events = pagerduty.bodies()
+    assert {e["dedup_key"] for e in events} == {inc["key"]}
+    assert [e["payload"]["custom_details"]["kind"] for e in events[:1]] == ["declaration"]
+    assert sum(1 for e in events if e.get("payload", {}).get("custom_details", {}).get("kind") == "declaration") == 1
+    assert events[-1]["event_action"] == "resolve" and events[0]["payload"]["severity"] == "error"  # SEV-2
+    assert broken.requests, "the failing receiver was not even tried"
+
+
+def _fault_to_resolution(healed: Any, reports: Path, watches: list[Watch], notify: list[str]) -> dict[str, Any]:
+    w1 = Watch(reports, "--interval", f"{INTERVAL:g}s", *notify, *SELECT)
     watches.append(w1)
     w1.wait(lambda s: s["round"] >= 1, "a first, healthy round")
     fault_at = time.time()
@@ -112,7 +131,7 @@ def test_fault_declared_raised_lowered_survives_a_kill_and_resolves(healed: Any,
     key, started = inc["key"], inc["started_at"]
 
     w1.kill()  # mid-incident, without a chance to save anything more
-    w2 = Watch(reports, "--interval", f"{INTERVAL:g}s", "--until-resolved", *SELECT)
+    w2 = Watch(reports, "--interval", f"{INTERVAL:g}s", "--until-resolved", *notify, *SELECT)
     watches.append(w2)
     rounds_before = s["round"]
     w2.wait(lambda s: s["round"] > rounds_before, "a round of the second watcher")
@@ -144,6 +163,12 @@ def test_fault_declared_raised_lowered_survives_a_kill_and_resolves(healed: Any,
     assert "INCIDENT RESOLVED" in resolution and "Root Cause:** high-error-rate" in resolution
     review = (reports / "post-incident-review.md").read_text()
     assert "## Timeline" in review and "Severity raised to SEV-1" in review
+    # The receiver answering 500 is a failed delivery in the state, and changes nothing else.
+    hooks = [d for m in inc["messages"] for d in m["deliveries"] if d["target"].startswith("webhook+")]
+    assert hooks and not any(d["ok"] for d in hooks) and all("500" in d["detail"] for d in hooks), hooks
+    assert all(d["ok"] for m in inc["messages"] for d in m["deliveries"] if d["target"].startswith("pagerduty+"))
+    assert ROUTING_KEY not in json.dumps(s) and ROUTING_KEY not in w2.output()
+    return inc
 
 
 def test_flapping_fault_is_shown_as_flapping_never_declared(healed: Any, tmp_path: Path,

@@ -223,7 +223,7 @@ def run(options: Options, envs: list[Env], targets: list[Any]) -> int:
     def redraw() -> None:
         with out_lock:
             lines = watchers[0].screen() if len(watchers) == 1 else fleet_screen(watchers, options)
-            text = "\n".join(envs[0].redact(line) for line in lines)
+            text = "\n".join(lines)
             sys.stdout.write(f"{screen.CLEAR}{text}\n" if tty else f"{'-' * 20} {time.strftime('%H:%M:%S')}\n{text}\n")
             sys.stdout.flush()
 
@@ -262,13 +262,11 @@ def run(options: Options, envs: list[Env], targets: list[Any]) -> int:
 
 
 def fleet_screen(watchers: list[Any], options: Options) -> list[str]:
-    from labcheck.watch import screen
-
     now = time.time()
     lines = [f"labcheck watch: {len(watchers)} environments | every {options.interval_s:g} s | {options.rule.text()}",
              ""]
-    lines += [screen.fleet_line(w.env.name, w.state, w.last_round(), now) for w in watchers]
-    notes = [f"{w.env.name}: {n}" for w in watchers for n in w.notes]
+    lines += [w.line(now) for w in watchers]
+    notes = [w.env.redact(f"{w.env.name}: {n}") for w in watchers for n in w.notes]
     lines += ["", *notes[-6:], f"States: {options.reports}/<environment>/incident-state.json. Ctrl-C stops."]
     return lines
 

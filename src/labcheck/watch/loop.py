@@ -11,6 +11,7 @@ from typing import Any
 from labcheck.timefmt import iso_utc
 from labcheck.watch import confirm, messages, rounds, screen
 from labcheck.watch import state as st
+from labcheck.watch.outbox import Outbox
 
 REVIEW_FILE = "post-incident-review.md"
 MESSAGES_DIR = "messages"
@@ -33,6 +34,12 @@ class Watcher:
         self.fatal: tuple[int, str] | None = None
         self.rounds_run = 0
         self.ok_rounds = 0
+        self.lock = threading.Lock()  # the state, between the rounds and the sender thread
+        self.outbox = Outbox(notifier, lock=self.lock, saved=self._save, warn=self._warn)
+        self._resend_pending()
+
+    def _save(self) -> None:
+        st.save(self.path, self.state, self.env.redact)
 
     def _warn(self, line: str) -> None:
         self.notes = [*self.notes, line][-KEPT_NOTES:]
@@ -77,10 +84,11 @@ class Watcher:
             return False
         if rnd.triage is not None:
             self.ok_rounds += 1
-        self.events = st.apply_round(self.state, rnd, self.rule)
-        if rnd.triage is not None:
-            self._messages(rnd)
-        st.save(self.path, self.state, self.env.redact)
+        with self.lock:
+            self.events = st.apply_round(self.state, rnd, self.rule)
+            if rnd.triage is not None:
+                self._messages(rnd)
+            self._save()
         return True
 
     def settled(self) -> bool:
@@ -99,10 +107,12 @@ class Watcher:
 
     def close(self) -> None:
         """At exit: the review skeleton of an incident still open (a draft), and the state saved."""
-        inc = self.state.get("incident")
-        if inc and inc["status"] == "open":
-            self._write(REVIEW_FILE, messages.review(inc, self.rule))
-        st.save(self.path, self.state, self.env.redact)
+        self.outbox.close()
+        with self.lock:
+            inc = self.state.get("incident")
+            if inc and inc["status"] == "open":
+                self._write(REVIEW_FILE, messages.review(inc, self.rule))
+            self._save()
 
     # --- messages ------------------------------------------------------------------------------
 
@@ -130,27 +140,48 @@ class Watcher:
         else:
             text = messages.resolution(inc, rnd.triage, self.rule)
             self._write(REVIEW_FILE, messages.review(inc, self.rule))
-        number = len(inc["messages"]) + 1
-        name = f"{MESSAGES_DIR}/{inc['key']}-{number:03d}-{kind}.md"
+        name = f"{MESSAGES_DIR}/{inc['key']}-{len(inc['messages']) + 1:03d}-{kind}.md"
         self._write(name, text)
-        text = self.env.redact(text)
-        try:
-            deliveries = self.notifier.send(kind, key=inc["key"], text=text, data={
-                "kind": kind, "key": inc["key"], "severity": inc["severity"], "started_at": inc["started_at"],
-                "status": inc["status"], "duration_s": inc.get("duration_s"),
-                "root_cause": (st.root_cause(inc) or {}).get("label"), "triage": rnd.triage})
-        except Exception as exc:  # the interface says it never raises; a surprise must not stop the rounds
-            deliveries = []
-            self._warn(f"notify: {type(exc).__name__}: {exc}")
-        inc["messages"].append({
-            "kind": kind, "at": iso_utc(now), "round": self.state["round"], "reason": why, "file": name,
-            "deliveries": [{"target": d.target, "ok": d.ok, "detail": d.detail} for d in deliveries]})
+        record = {"kind": kind, "at": iso_utc(now), "round": self.state["round"], "reason": why, "file": name,
+                  "deliveries": None}
+        inc["messages"].append(record)
         inc["posted"] = messages.snapshot(inc, self.rule)
-        for d in deliveries:
-            if not d.ok:
-                self._warn(f"{kind} to {d.target} not delivered: {d.detail}")
+        self.outbox.post(record, inc["key"], self.env.redact(text), notify_data(inc, rnd.triage))
+
+    def _resend_pending(self) -> None:
+        """Messages a killed predecessor recorded but did not send (the notifier's record stops a repeat)."""
+        inc = self.state.get("incident")
+        if not inc:
+            return
+        for record in inc.get("messages") or []:
+            if record.get("deliveries") is None:
+                try:
+                    text = (self.env.reports / record["file"]).read_text(encoding="utf-8")
+                except OSError:
+                    continue
+                self.outbox.post(record, inc["key"], self.env.redact(text), notify_data(inc, None))
 
     def screen(self) -> list[str]:
-        return screen.detail(self.env.name, self.state, self.events, now=time.time(),
-                             interval_s=self.options.interval_s, rule=self.rule, last_round=self.last_round(),
-                             notes=self.notes, state_path=str(self.path))
+        """This environment's screen, redacted (a check's message may quote what a target said)."""
+        with self.lock:
+            lines = screen.detail(self.env.name, self.state, self.events, now=time.time(),
+                                  interval_s=self.options.interval_s, rule=self.rule, last_round=self.last_round(),
+                                  notes=self.notes, state_path=str(self.path))
+        return [self.env.redact(line) for line in lines]
+
+    def line(self, now: float) -> str:
+        """This environment's line of the fleet screen, redacted."""
+        with self.lock:
+            line = screen.fleet_line(self.env.name, self.state, self.last_round(), now)
+        return str(self.env.redact(line))
+
+
+def notify_data(inc: dict[str, Any], triage: dict[str, Any] | None) -> dict[str, Any]:
+    """What the notifier reads (the verdict's shape), with the incident's confirmed severity and a summary."""
+    base = dict(triage or {})
+    if not base.get("probable_cause"):
+        rc = st.root_cause(inc)
+        base["probable_cause"] = {k: rc.get(k) for k in ("label", "scenario", "title", "why")} if rc else None
+    return {**base, "severity": inc["severity"], "incident": {
+        "key": inc["key"], "status": inc["status"], "started_at": inc["started_at"], "ended_at": inc.get("ended_at"),
+        "duration_s": inc.get("duration_s"), "root_cause": (st.root_cause(inc) or {}).get("label")}}

@@ -85,8 +85,11 @@ def detail(name: str, state: Mapping[str, Any], events: Any, *, now: float, inte
                 lines.append(f"ESCALATE: {condition} ({e['because']})")
     if inc and inc.get("messages"):
         m = inc["messages"][-1]
-        sent = ", ".join(f"{d['target']} {'ok' if d['ok'] else 'FAILED: ' + _first(d['detail'], 60)}"
-                         for d in m.get("deliveries") or []) or "no --notify target"
+        if m.get("deliveries") is None:
+            sent = "being sent"
+        else:
+            sent = ", ".join(f"{d['target']} {'ok' if d['ok'] else 'FAILED: ' + _first(d['detail'], 60)}"
+                             for d in m["deliveries"]) or "no --notify target"
         lines.append(f"Last message: {m['kind']} at {clock(epoch(m['at']))} UTC -> {m['file']} ({sent})")
     lines += [f"Note: {n}" for n in notes]
     lines.append(f"State: {state_path}. Ctrl-C stops (the state is kept).")
