@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,28 @@ def test_bad_input_exits_4_with_one_line(args: list[str], message: str, tmp_path
     assert proc.returncode == 4, proc.stderr
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / st.STATE_FILE).exists()
+
+
+def test_a_round_is_killed_at_its_bound_and_recorded_as_an_error(tmp_path: Path) -> None:
+    hung = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = time.monotonic()
+    rnd = rounds.run(hung, reports=tmp_path, limit_s=1.0, stop=threading.Event())
+    assert rnd is not None and rnd.triage is None and "killed after 1 s" in (rnd.error or "")
+    assert time.monotonic() - started < 4.0  # the bound, plus the SIGTERM grace
+
+
+def test_a_stopped_round_is_discarded_at_once(tmp_path: Path) -> None:
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    assert rounds.run([sys.executable, "-c", "import time; time.sleep(60)"], reports=tmp_path, limit_s=60,
+                      stop=stop) is None
+    assert time.monotonic() - started < 4.0
+
+
+def test_each_round_carries_the_deadline_and_the_incident_start(tmp_path: Path) -> None:
+    cmd = rounds.command(["-k", "error_ratio"], reports=tmp_path, deadline_s=15, profile="a.toml",
+                         incident_start="2030-01-01T00:00:00+00:00")
+    assert cmd[1:3] == ["-m", "pytest"] and cmd[-2:] == ["-k", "error_ratio"]
+    assert {"--triage-deadline=15", "--profile=a.toml", "--set=incident_start=2030-01-01T00:00:00+00:00",
+            f"--reports-dir={tmp_path}"} <= set(cmd)
