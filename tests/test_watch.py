@@ -235,6 +235,7 @@ def watch(*args: str) -> subprocess.CompletedProcess[str]:
     (["--notify", "not a url"], "not a URL"),
     (["--confirm", "4/3"], "--confirm"),
     (["--profile", "/nonexistent/a.toml"], "file not found"),
+    (["--bogus-pytest-option"], "unrecognized arguments: --bogus-pytest-option"),  # pytest's, in the first round
 ])
 def test_bad_input_exits_4_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     proc = watch("--reports-dir", str(tmp_path), *args)

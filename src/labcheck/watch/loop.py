@@ -80,7 +80,7 @@ class Watcher:
             return False
         self.rounds_run += 1
         if rnd.triage is None and rnd.exit_code in rounds.FATAL and self.ok_rounds == 0:
-            self.fatal = (rnd.exit_code, rnd.error or f"pytest exited {rnd.exit_code}")
+            self.fatal = (rnd.exit_code, self.env.redact(rnd.error or f"pytest exited {rnd.exit_code}"))
             return False
         if rnd.triage is not None:
             self.ok_rounds += 1
@@ -92,11 +92,15 @@ class Watcher:
         return True
 
     def settled(self) -> bool:
-        """--until-resolved: no incident open and every check passing (confirmed: M rounds)."""
+        """--until-resolved: no incident open, and no check failed in the last M rounds (nor flaps).
+
+        A check that could not check does not hold the watcher: it is a blind spot, not an incident.
+        """
         if self.incident_open() or self.ok_rounds < self.rule.m:
             return False
-        return all(c.get("status") in (confirm.OK, confirm.RECOVERED) and c["outcomes"][-1][1] == confirm.PASSED
-                   for c in self.state["checks"].values() if c["outcomes"])
+        return all(c.get("status") in (confirm.OK, confirm.RECOVERED)
+                   and confirm.FAILED not in [o for _, o in c["outcomes"][-self.rule.m:]]
+                   for c in self.state["checks"].values())
 
     def incident_open(self) -> bool:
         inc = self.state.get("incident")
@@ -112,7 +116,8 @@ class Watcher:
             inc = self.state.get("incident")
             if inc and inc["status"] == "open":
                 self._write(REVIEW_FILE, messages.review(inc, self.rule))
-            self._save()
+            if self.state["round"]:  # nothing to keep when no round ever ran (a first round that could not)
+                self._save()
 
     # --- messages ------------------------------------------------------------------------------
 

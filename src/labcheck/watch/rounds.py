@@ -29,7 +29,7 @@ from labcheck.watch.state import Round
 KILL_MARGIN_S = 15.0  # interpreter start, collection and writing the reports, on a loaded machine
 ROUND_DIR = "round"
 # pytest exit codes that say the round cannot work at all (usage, configuration, nothing selected).
-FATAL = {2: "pytest usage error", 3: "pytest internal error", 4: "configuration error", 5: "no check selected"}
+FATAL = {3: "pytest internal error", 4: "usage or configuration error", 5: "no check selected"}
 
 
 def command(pytest_args: list[str], *, reports: Path, deadline_s: float, profile: str | None,
@@ -84,7 +84,7 @@ def run(cmd: list[str], *, reports: Path, limit_s: float, stop: threading.Event)
     try:
         triage = json.loads(triage_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        error = f"pytest exited {code} without writing triage.json (see {reports / 'output.txt'})"
+        error = f"pytest exited {code} without writing triage.json: {_last_line(reports / 'output.txt')}"
     except (OSError, ValueError) as exc:
         error = f"{triage_file} cannot be read: {exc}"
     if triage is not None and (triage.get("error") or "checks" not in triage):
@@ -93,3 +93,14 @@ def run(cmd: list[str], *, reports: Path, limit_s: float, stop: threading.Event)
     if error and code in FATAL:
         error = f"{FATAL[code]} (pytest exit {code}): {error}"
     return Round(started, duration, code, triage, error)
+
+
+def _last_line(path: Path) -> str:
+    """What pytest said last (its error line), or where to look."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return f"see {path}"
+    said = [line for line in lines if line]
+    errors = [line for line in said if "error" in line.lower()]
+    return f"{(errors or said)[-1][:300]} (see {path})" if said else f"see {path}"
