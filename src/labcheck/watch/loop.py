@@ -133,7 +133,7 @@ class Watcher:
         inc = self.state.get("incident")
         if not inc or rnd.triage is None:
             return
-        now = rnd.started_at
+        now = st.observed_at(rnd)
         due = messages.due(inc, self.rule, now)
         if due is None:
             return

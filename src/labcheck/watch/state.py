@@ -3,7 +3,8 @@
 The file is the watcher's memory, so a new watcher continues the same incident::
 
     {"version": 1, "target": ..., "round": 17, "rule": {"k": 2, "n": 3, "m": 2},
-     "recent": [round, ...],                 the last rounds, compact (to date a confirmed failure)
+     "recent": [round, ...],                 the last rounds, compact (to date a confirmed failure);
+                                             a round's "at" is when its checks started (observed_at)
      "checks": {nodeid: {"severity", "component", "scenario", "message", "status", "confirmed",
                          "outcomes": [[round, "failed"|"passed"|"unknown"], ...]}},
      "incident": {"key", "status": "open"|"resolved", "started_at", "declared_at", "ended_at",
@@ -153,11 +154,21 @@ class Events:
         return bool(self.confirmed or self.recovered or self.severity_change or self.cause_change or self.escalated)
 
 
+def observed_at(rnd: Round) -> float:
+    """When the round looked: its run's start as triage.json has it (after the interpreter started,
+    which on a loaded machine takes seconds), else when its process was started."""
+    try:
+        seen = parse_timestamp((rnd.triage or {}).get("started_at"))
+    except ValueError:
+        return rnd.started_at
+    return seen if rnd.started_at - 1 <= seen <= rnd.started_at + rnd.duration_s + 1 else rnd.started_at
+
+
 def _summary(index: int, rnd: Round) -> dict[str, Any]:
     tri = rnd.triage or {}
     checks = tri.get("checks") or []
     pc = tri.get("probable_cause") or {}
-    return {"round": index, "at": iso_utc(rnd.started_at), "duration_s": round(rnd.duration_s, 3),
+    return {"round": index, "at": iso_utc(observed_at(rnd)), "duration_s": round(rnd.duration_s, 3),
             "exit_code": rnd.exit_code, "status": "error" if rnd.triage is None else "ok",
             "error": rnd.error, "severity": tri.get("severity"),
             "failed": [c["nodeid"] for c in checks if c.get("outcome") == FAILED],
@@ -308,7 +319,7 @@ def _rollouts(inc: dict[str, Any], rnd: Round) -> None:
     """Rollouts the verdict suspects, dated (the round's time less their age), each once."""
     for s in (rnd.triage or {}).get("suspects") or []:
         try:
-            when = rnd.started_at - float(s.get("age_s"))
+            when = observed_at(rnd) - float(s.get("age_s"))
         except (TypeError, ValueError):
             continue
         key = f"{s.get('namespace')}/{s.get('deployment')}@{s.get('revision')}"
