@@ -30,7 +30,7 @@ def headline(state: Mapping[str, Any], now: float) -> str:
                 f"(since {clock(epoch(inc['started_at']))} UTC)")
     pending = [n for n, c in state["checks"].items() if c.get("status") in (confirm.PENDING, confirm.FLAPPING)]
     if pending:
-        return f"no incident; {len(pending)} check(s) failing, not confirmed"
+        return f"no incident; {len(pending)} check(s) failing or flapping, not confirmed"
     if inc:
         return f"no incident (last: {inc.get('severity_history', [{}])[0].get('severity')} resolved " \
                f"{clock(epoch(inc['resolved_at']))} UTC, lasted {hms(inc.get('duration_s') or 0)})"
