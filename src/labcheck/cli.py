@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from labcheck.doctor import add_arguments as add_doctor_command
 
     add_doctor_command(subparsers)
+    from labcheck.watch.command import add_arguments as add_watch_command
+
+    add_watch_command(subparsers)
     return parser
 
 
