@@ -166,6 +166,10 @@ def settings(plan: Plan) -> dict[str, Any]:
         "s3_quota_bytes": QUOTA_BYTES,
         # Time is compressed in the sandbox: S3 error history is judged over a minute, not an hour.
         "s3_error_window": "1m",
+        # ... and the log windows of the log-pattern checks (the read itself still reaches 30 minutes back).
+        "log_error_window_s": 20,
+        "log_storage_window_s": 20,
+        "log_auth_window_s": 20,
         # The API logs every request (20/s): a read of 30 minutes per pod needs more than the
         # default 2000 lines (the planted secrets of the pod logs reach back that far).
         "log_tail_lines": 20000,
