@@ -4,7 +4,8 @@ One bounded read per API container (``kubectl logs --timestamps --since=<log_sin
 --tail=<log_tail_lines> --limit-bytes=<log_limit_bytes>``), shared with the Kubernetes evidence of a
 failing check (the same lab fact). Each scenario's window is picked out of that read by the
 kubelet's timestamps: Scenario 1's ``--since=10m`` (``log_error_window_s``), Scenarios 5 and 6's
-``--since=30m`` (``log_storage_window_s``, ``log_auth_window_s``), each at most the read's reach.
+``--since=30m`` (``log_storage_window_s``, ``log_auth_window_s``), each at most the read's reach and
+counted back from when the read was made (a check that runs late in a slow run judges the same lines).
 A read cut by ``log_tail_lines`` covers less than the window: rates are taken over what it covers.
 A read cut by ``log_limit_bytes`` does not reach the present: what it misses cannot pass.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -88,6 +88,7 @@ class Read:
     lines: tuple[Line, ...]
     cut_by_tail: bool  # log_tail_lines lines came back: the read starts after the window's start
     cut_by_bytes: bool  # log_limit_bytes cut the answer: it stops before the present
+    at: float  # when it was read: its windows end here, however late a check looks at it
 
     @property
     def first(self) -> float | None:
@@ -97,11 +98,16 @@ class Read:
     def last(self) -> float | None:
         return next((ln.t for ln in reversed(self.lines) if ln.t is not None), None)
 
-    def span(self, start: float, now: float) -> tuple[float, float]:
-        """The part of [start, now] this read covers."""
+    def span(self, window_s: float) -> tuple[float, float]:
+        """The part of the window (the last ``window_s`` before the read) this read covers."""
+        start = self.at - window_s
         lo = max(start, self.first or start) if self.cut_by_tail else start
-        hi = (self.last or lo) if self.cut_by_bytes else now
+        hi = (self.last or lo) if self.cut_by_bytes else self.at
         return lo, hi
+
+    def within(self, window_s: float) -> list[Line]:
+        start = self.at - window_s
+        return [ln for ln in self.lines if ln.t is None or ln.t >= start]
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,6 @@ class ApiLogs:
     deployment: str
     target: str
     since_s: float
-    now: float
     reads: tuple[Read, ...]
 
     def window(self, seconds: float) -> float:
@@ -147,8 +152,8 @@ class ApiLogs:
         return min(float(seconds), self.since_s)
 
     def lines(self, window_s: float) -> list[Line]:
-        start = self.now - self.window(window_s)
-        return [ln for r in self.reads for ln in r.lines if ln.t is None or ln.t >= start]
+        window = self.window(window_s)
+        return [ln for r in self.reads for ln in r.within(window)]
 
     def matching(self, pattern: str, window_s: float, *, also: re.Pattern[str] | None = None) -> list[Line]:
         rx = PATTERNS[pattern]
@@ -157,14 +162,13 @@ class ApiLogs:
     def rate(self, pattern: str, window_s: float, *, also: re.Pattern[str] | None = None) -> Rate:
         """Matching lines per minute: each pod's count over the part of the window its read covers, summed."""
         window = self.window(window_s)
-        start = self.now - window
         found = Counter(ln.pod for ln in self.matching(pattern, window, also=also))
         per_min, short = 0.0, []
         for r in self.reads:
-            lo, hi = r.span(start, self.now)
+            lo, hi = r.span(window)
             if r.cut_by_bytes:
-                short.append(f"{r.pod}: log_limit_bytes cut the read at "
-                             f"{'an unknown time' if r.last is None else f'{self.now - r.last:.0f} s ago'}")
+                short.append(f"{r.pod}: log_limit_bytes cut the read "
+                             f"{'at an unknown time' if r.last is None else f'{r.at - r.last:.0f} s before its end'}")
             if hi <= lo:
                 continue
             per_min += found.get(r.pod, 0) * 60.0 / max(hi - lo, 1.0)
@@ -220,7 +224,7 @@ class ApiLogs:
         return self.table() + head + "".join(f"{ln.pod}: {ln.text}\n" for ln in shown)
 
 
-def parse(pod: str, container: str, text: str, *, tail_lines: int, cut_by_bytes: bool) -> Read:
+def parse(pod: str, container: str, text: str, *, tail_lines: int, cut_by_bytes: bool, at: float) -> Read:
     """A container's log text as lines with the kubelet's timestamps; long lines cut, control bytes replaced."""
     raw = text.splitlines()
     if cut_by_bytes and raw and not text.endswith("\n"):
@@ -234,7 +238,7 @@ def parse(pod: str, container: str, text: str, *, tail_lines: int, cut_by_bytes:
             body = body[:MAX_LINE] + f" ... [{len(body) - MAX_LINE} more characters]"
         lines.append(Line(pod, t, _CONTROL.sub("\ufffd", body)))
     return Read(pod, container, tuple(lines), cut_by_tail=tail_lines > 0 and len(raw) >= tail_lines,
-                cut_by_bytes=cut_by_bytes)
+                cut_by_bytes=cut_by_bytes, at=at)
 
 
 def _start(logs: Logs, uses: Sequence[Use]) -> None:
@@ -286,7 +290,8 @@ class Logs:
             except Unknown as exc:
                 failed.append(f"{pod}/{container}: {exc.reason}")
                 continue
-            reads.append(parse(pod, container, got.text, tail_lines=int(s.log_tail_lines), cut_by_bytes=got.truncated))
+            reads.append(parse(pod, container, got.text, tail_lines=int(s.log_tail_lines), cut_by_bytes=got.truncated,
+                               at=got.read_at))
         target = f"logs of deployment/{deployment} in namespace {self.kube.namespace} ({self.kube.target})"
         if failed and not reads:
             raise NoData("no API pod's log could be read: " + "; ".join(failed), target=target)
@@ -296,7 +301,7 @@ class Logs:
         if not any(r.lines for r in reads):
             raise NoData(f"the {len(reads)} API container(s) wrote no log line in the last {s.log_since_s:g} s "
                          "(log_since_s): nothing to count", target=target)
-        return ApiLogs(deployment, target, float(s.log_since_s), time.time(), tuple(reads))
+        return ApiLogs(deployment, target, float(s.log_since_s), tuple(reads))
 
 
 def top_share(counter: Counter[str], few: int) -> tuple[list[tuple[str, int]], float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -359,7 +360,8 @@ class KubeApi:
         what = f"logs of {pod}/{container}" + (" (previous instance)" if previous else "")
         body = self._read(what, "/api/v1/namespaces/{namespace}/pods/{name}/log",
                           {"namespace": self.namespace, "name": pod}, query, max_bytes=limit, truncate=True)
-        return PodLog(pod, container, body.decode("utf-8", errors="replace"), len(body), len(body) >= limit)
+        return PodLog(pod, container, body.decode("utf-8", errors="replace"), len(body), len(body) >= limit,
+                      time.time())
 
     def start_log(self, pod: str, container: str, *, previous: bool = False) -> None:
         self.ready()
@@ -384,6 +386,7 @@ class PodLog:
     text: str
     size: int
     truncated: bool
+    read_at: float  # when the answer was read: "the last N seconds" of it are counted back from here
 
 
 __all__ = ["CLIENT_FACT", "LISTS", "KubeApi", "KubeNotFound", "PodLog"]
