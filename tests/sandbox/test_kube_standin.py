@@ -449,7 +449,7 @@ def test_pod_logs(apis: Apis, http: httpx.Client, kube: Standin) -> None:
 
 
 def test_api_log_lines_are_the_api_pods_logs(apis: Apis, http: httpx.Client, kube: Standin) -> None:
-    """The sandbox API's own log file: each line in exactly one running API pod's log, in time order."""
+    """The sandbox API's own log file: each line of its last minute in exactly one running API pod's log."""
     now = time.time()
 
     def stamp(t: float) -> str:
@@ -458,7 +458,7 @@ def test_api_log_lines_are_the_api_pods_logs(apis: Apis, http: httpx.Client, kub
     marks = [f"probe-{i:03d}" for i in range(60)]
     with open(kube.settings["api_log"], "a", encoding="utf-8") as fh:
         for i, mark in enumerate(marks):
-            fh.write(f'{stamp(now - 60 + i)} INFO  [uvicorn.access] 10.9.0.{i} - "GET /{mark} HTTP/1.1" 401 1.0ms\n')
+            fh.write(f'{stamp(now - 48 + 0.8 * i)} INFO  [uvicorn.access] 10.9.0.{i} - "GET /{mark} HTTP/1.1" 401 1.0ms\n')
         fh.write(f"{stamp(now - 5000)} INFO  [uvicorn.access] too old for the 30 minutes\n")
         fh.write(f"{stamp(now)} INFO  [uvicorn.access] being written")  # no newline yet: not served
     logs = {p.metadata.name: http.get(f"/api/v1/namespaces/{NS}/pods/{p.metadata.name}/log").text
@@ -473,7 +473,7 @@ def test_api_log_lines_are_the_api_pods_logs(apis: Apis, http: httpx.Client, kub
     assert ours == sorted(ours)  # merged in time order with the stand-in's own lines
     recent = http.get(path, params={"sinceSeconds": 30, "timestamps": "true"}).text
     stamped = [ln for ln in recent.splitlines() if "probe-" in ln]
-    assert stamped and all(int(ln.split("probe-")[1][:3]) >= 29 for ln in stamped), stamped
+    assert stamped and all(int(ln.split("probe-")[1][:3]) >= 22 for ln in stamped), stamped
     assert all(len(ln.split(" ", 1)[0]) == 30 and ln.split(" ", 2)[1].endswith("Z") for ln in stamped)
     workers = [p.metadata.name for p in _pods(apis, WORKERS)]
     assert not any("probe-" in http.get(f"/api/v1/namespaces/{NS}/pods/{w}/log").text for w in workers)

@@ -170,10 +170,6 @@ def settings(plan: Plan) -> dict[str, Any]:
         "log_error_window_s": 20,
         "log_storage_window_s": 20,
         "log_auth_window_s": 20,
-        # The API logs every request (20/s): a read of 30 minutes per pod needs more than the
-        # default 2000 lines (the planted secrets of the pod logs reach back that far).
-        "log_tail_lines": 20000,
-        "log_limit_bytes": 8 * 1024 * 1024,
     }
 
 

@@ -2,18 +2,22 @@
 
 The API process writes access and error lines to a file (sandbox/api/applog.py); a Service would
 have sent each request to one of the deployment's pods, so each line goes to one running API pod,
-picked by a hash of the line. The file is read incrementally, its last ``KEEP_S`` kept.
+picked by a hash of the line. The file is read incrementally; its last ``KEEP_S`` seconds are served.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
 TAIL_BYTES = 16 * 1024 * 1024  # read at most this much of the file at once (its tail)
-KEEP_S = 35 * 60.0  # lines older than this are dropped: the stand-in's logs reach back 30 minutes
+# The API's own lines are served for the last minute only: the sandbox compresses time (its log
+# windows are 20 s), and a busy API's 30 minutes would make every failing check's log evidence
+# megabytes. The stand-in's own lines (startup, planted secrets) still reach back 30 minutes.
+KEEP_S = 60.0
 
 
 @dataclass
@@ -67,8 +71,8 @@ def read(path: str) -> list[tuple[float, str]]:
             last = _when(line, last)
             if last:
                 known.lines.append((last, line))
-    if known.lines and known.lines[0][0] < known.lines[-1][0] - KEEP_S:
-        cutoff = known.lines[-1][0] - KEEP_S
+    cutoff = time.time() - KEEP_S - 5.0
+    if known.lines and known.lines[0][0] < cutoff:
         known.lines = [x for x in known.lines if x[0] >= cutoff]
     return known.lines
 
@@ -78,5 +82,6 @@ def lines_for(path: str, pod: str, pods: list[str], lo: float, hi: float) -> lis
     if pod not in pods:
         return []
     index = pods.index(pod)
+    lo = max(lo, hi - KEEP_S)
     return [(t, text) for t, text in read(path)
             if lo <= t <= hi and zlib.crc32(text.encode()) % len(pods) == index]
