@@ -262,9 +262,10 @@ KEYS: dict[str, Key] = {
         Key("restart_window_s", _positive, 3600.0, "Window for container restarts and OOM kills"),
         Key("restart_max", _count, 3, "Restarts within the window tolerated"),
         Key("rollout_window_s", _positive, 1800.0, "A rollout younger than this is recent (30 minutes)"),
-        Key("log_since_s", _positive, 1800.0, "Evidence: logs from the last N seconds"),
-        Key("log_tail_lines", _count, 2000, "Evidence: at most this many log lines per container"),
-        Key("log_limit_bytes", _positive, 1_048_576, "Evidence: at most this many bytes of log per container"),
+        Key("log_since_s", _positive, 1800.0, "Evidence and log patterns: logs from the last N seconds"),
+        Key("log_tail_lines", _count, 2000, "Evidence and log patterns: at most this many log lines per container"),
+        Key("log_limit_bytes", _positive, 1_048_576,
+            "Evidence and log patterns: at most this many bytes of log per container"),
         Key("in_cluster", _bool, False, "Use the in-cluster service account"),
         # Auth, storage, experiments and metrics checks (issue 3).
         Key("auth_baseline_offset", _duration, "1h", "The 401/403 ratio is compared with the same ratio this long ago"),

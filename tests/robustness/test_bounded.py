@@ -44,6 +44,7 @@ MODULE_TARGETS = {
     "docs.py": {"api"},
     "experiments.py": {"api", "kube"},
     "kubernetes.py": {"kube"},
+    "logs.py": {"kube"},
     "metrics.py": {"prometheus"},
     "saturation.py": {"kube", "prometheus"},  # PodMetrics, else cAdvisor series
     "storage.py": {"s3", "cloudwatch", "api"},

@@ -53,7 +53,8 @@ PLANTED: list[tuple[str, Callable[[State], str | None]]] = [
 
 # Faults that make checks fail and record evidence: API errors, a crash loop (pod logs with the
 # startup lines), a node NotReady (logs of long-running pods, with the periodic planted lines),
-# a leaking pool, an S3 outage and a rotated JWT secret (the test token is refused).
+# a leaking pool, an S3 outage and a rotated JWT secret (the test token is refused). The error lines
+# surge, so the log-pattern checks attach the matching lines of the API pods' logs too.
 FAULTS: list[tuple[str, dict[str, Any]]] = [
     ("error-rate", {}),
     ("crash-loop", {}),
@@ -66,7 +67,7 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
 # Checks that must have failed (and so recorded evidence) before the outputs count as covered.
 MUST_FAIL = ("check_error_ratio_below_sev2", "check_test_token_accepted", "check_bucket_reachable",
              "check_no_container_crash_looping[llm-research-api]", "check_nodes_ready_without_pressure",
-             "check_connection_headroom_below_sev2")
+             "check_connection_headroom_below_sev2", "check_error_lines_below_surge")
 # The planted lines of the pod logs, as the redactor leaves them: proof that they were collected.
 MASKED_IN_EVIDENCE = ("password=***", "Authorization: Bearer ***", "JWT_SECRET=***")
 

@@ -173,6 +173,7 @@ def api_config(
         "quota_bytes": QUOTA,
         "traffic_rps": 20,
         "state_dir": str(log_dir),
+        "app_log": str(log_dir / "api-app.log"),
         **extra,
     }
 

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ def _start(tmp: Path, *, tls: bool) -> Standin:
         "jwt_secret": "jwt-secret-for-tests",
         "requests_log": str(tmp / "kube-requests.jsonl"),
         "planted": {"db_password": "planted-db-pw-42", "bearer": "planted-bearer-77"},
+        "api_log": str(tmp / "api-app.log"),  # written by test_api_log_lines_are_the_api_pods_logs
     }
     if tls:
         settings["tls_cert"] = str(tmp / "kube-tls.crt")
@@ -445,6 +446,37 @@ def test_pod_logs(apis: Apis, http: httpx.Client, kube: Standin) -> None:
     )
     first_stamp = datetime.fromisoformat(old.splitlines()[0].split(" ", 1)[0])
     assert _age(first_stamp) > 29 * 86400
+
+
+def test_api_log_lines_are_the_api_pods_logs(apis: Apis, http: httpx.Client, kube: Standin) -> None:
+    """The sandbox API's own log file: each line of its last minute in exactly one running API pod's log."""
+    now = time.time()
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+    marks = [f"probe-{i:03d}" for i in range(60)]
+    with open(kube.settings["api_log"], "a", encoding="utf-8") as fh:
+        for i, mark in enumerate(marks):
+            fh.write(f'{stamp(now - 48 + 0.8 * i)} INFO  [uvicorn.access] 10.9.0.{i} - "GET /{mark} HTTP/1.1" 401 1.0ms\n')
+        fh.write(f"{stamp(now - 5000)} INFO  [uvicorn.access] too old for the 30 minutes\n")
+        fh.write(f"{stamp(now)} INFO  [uvicorn.access] being written")  # no newline yet: not served
+    logs = {p.metadata.name: http.get(f"/api/v1/namespaces/{NS}/pods/{p.metadata.name}/log").text
+            for p in _pods(apis, API)}
+    seen = [mark for text in logs.values() for mark in marks if f"/{mark} " in text]
+    assert sorted(seen) == marks  # each line once, in one pod
+    assert sum(1 for text in logs.values() if "probe-" in text) >= 2  # spread over the pods
+    assert not any("too old" in t or "being written" in t for t in logs.values())
+    name, text = next((n, t) for n, t in logs.items() if "probe-" in t)
+    path = f"/api/v1/namespaces/{NS}/pods/{name}/log"
+    ours = [ln for ln in text.splitlines() if "probe-" in ln]
+    assert ours == sorted(ours)  # merged in time order with the stand-in's own lines
+    recent = http.get(path, params={"sinceSeconds": 30, "timestamps": "true"}).text
+    stamped = [ln for ln in recent.splitlines() if "probe-" in ln]
+    assert stamped and all(int(ln.split("probe-")[1][:3]) >= 22 for ln in stamped), stamped
+    assert all(len(ln.split(" ", 1)[0]) == 30 and ln.split(" ", 2)[1].endswith("Z") for ln in stamped)
+    workers = [p.metadata.name for p in _pods(apis, WORKERS)]
+    assert not any("probe-" in http.get(f"/api/v1/namespaces/{NS}/pods/{w}/log").text for w in workers)
 
 
 # --------------------------------------------------------------------------- faults

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
+import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -29,6 +31,8 @@ from _platform import (
     new_secret,
     services,
 )
+
+from labcheck.sandbox.api.auth import sign_token
 
 
 @pytest.fixture(scope="module")
@@ -411,6 +415,9 @@ def test_datasets_fail_during_s3_outage(stack: Stack) -> None:
     ready = stack.get("/health/ready")
     assert ready.status_code == 503
     assert ready.json()["components"]["storage"]["status"] == "error"
+    # The app logs it as Scenario 5's grep finds it.
+    (line,) = _log_lines(stack, lambda ln: "aws_error_code=SlowDown" in ln, 1, "the S3 error line")[-1:]
+    assert "ERROR [llm_research.storage] s3 list_objects_v2 failed: bucket=" in line
     stack.heal()
     assert stack.get("/datasets").status_code == 200
 
@@ -437,3 +444,52 @@ def test_starts_without_its_dependencies_and_stops_cleanly(stack: Stack, tmp_pat
     finally:
         assert proc.stop(timeout=10) == 0, proc.log_tail()
     assert "Traceback" not in proc.log_path.read_text()
+
+
+def _log_lines(stack: Stack, predicate: Callable[[str], bool], count: int, what: str) -> list[str]:
+    """Wait until the API's log file holds ``count`` lines matching ``predicate``; those lines."""
+    path = stack.log_dir / "api-app.log"
+
+    def found() -> list[str] | None:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if predicate(ln)]
+        return lines if len(lines) >= count else None
+
+    return _procs.wait_for(found, 10, what, 0.1)
+
+
+def test_the_api_log_has_access_and_error_lines(stack: Stack) -> None:
+    assert os.stat(stack.log_dir / "api-app.log").st_mode & 0o777 == 0o600
+    token = sign_token(new_secret(), subject="mallory")  # signed with a secret the API does not know
+    marker = f"/experiments?probe={secrets.token_hex(4)}"
+    resp = stack.get(marker, headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": "192.0.2.9, 10.0.0.1"})
+    assert resp.status_code == 401
+    (access,) = _log_lines(stack, lambda ln: marker in ln, 1, "the access line")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO  \[uvicorn\.access\] 192\.0\.2\.9 - "
+                        rf'"GET {re.escape(marker)} HTTP/1\.1" 401 \d+\.\dms', access), access
+    refused = _log_lines(stack, lambda ln: "sub=mallory client=192.0.2.9" in ln, 1, "the auth failure line")
+    assert "WARNING [llm_research.auth] auth failure: jwt signature verification failed" in refused[0]
+    assert token not in (stack.log_dir / "api-app.log").read_text()  # the token itself is never logged
+    # The platform's clients: many addresses of the pod network.
+    clients = _log_lines(stack, lambda ln: '[uvicorn.access] 10.244.' in ln, 20, "client traffic")
+    assert len({ln.split()[3] for ln in clients}) >= 5
+    stack.fault("error-rate", share=1.0)
+    try:
+        assert stack.get("/datasets").status_code == 500
+        _log_lines(stack, lambda ln: " ERROR [llm_research.api] Exception in ASGI application: GET /datasets" in ln,
+                   1, "the error line")
+    finally:
+        stack.heal()
+
+
+def test_brute_force_sends_bad_tokens_from_a_few_addresses(stack: Stack) -> None:
+    answer = stack.fault("brute-force", rps=30, sources=2, subject="root")
+    assert answer["params"] == {"rps": 30.0, "sources": 2, "subject": "root"}
+    addresses = answer["detail"]["addresses"]
+    try:
+        lines = _log_lines(stack, lambda ln: any(f"] {a} - " in ln and '" 401 ' in ln for a in addresses), 30,
+                           "the brute force's 401s")
+        assert {ln.split()[3] for ln in lines} == set(addresses)
+        _log_lines(stack, lambda ln: "sub=root client=" in ln, 30, "the brute force's auth failures")
+    finally:
+        stack.heal()
+    assert "brute-force" not in stack.get("/admin/faults", headers=stack.admin).json()["active"]

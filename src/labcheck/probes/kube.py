@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from labcheck.errors import (
@@ -337,31 +339,54 @@ class KubeApi:
     def _secret_key(self, name: str) -> str:
         return f"kube secret {self.namespace}/{name}"
 
-    # ---- logs (evidence)
+    # ---- logs (evidence, and the log-pattern checks): one bounded read per container per run
 
     def _log_key(self, pod: str, container: str, previous: bool) -> str:
         return f"kube log -n {self.namespace} {pod} -c {container}" + (" --previous" if previous else "")
 
-    def _fetch_log(self, pod: str, container: str, previous: bool) -> str:
+    def _fetch_log(self, pod: str, container: str, previous: bool) -> PodLog:
+        """``kubectl logs --timestamps --since=<log_since_s> --tail=<log_tail_lines> --limit-bytes=<log_limit_bytes>``.
+
+        Read at most ``log_limit_bytes`` (the server cuts there too), decoded with replacement: binary
+        bytes never fail the read. The kubelet's timestamps let readers pick their own window in it.
+        """
         s = self.lab.settings
         limit = int(s.log_limit_bytes)
         query: list[tuple[str, Any]] = [("container", container), ("sinceSeconds", max(1, int(s.log_since_s))),
-                                        ("limitBytes", limit), ("previous", "true" if previous else "false")]
+                                        ("limitBytes", limit), ("previous", "true" if previous else "false"),
+                                        ("timestamps", "true")]
         if int(s.log_tail_lines) > 0:
             query.append(("tailLines", int(s.log_tail_lines)))
         what = f"logs of {pod}/{container}" + (" (previous instance)" if previous else "")
         body = self._read(what, "/api/v1/namespaces/{namespace}/pods/{name}/log",
                           {"namespace": self.namespace, "name": pod}, query, max_bytes=limit, truncate=True)
-        return body.decode("utf-8", errors="replace")
+        return PodLog(pod, container, body.decode("utf-8", errors="replace"), len(body), len(body) >= limit,
+                      time.time())
 
     def start_log(self, pod: str, container: str, *, previous: bool = False) -> None:
         self.ready()
         self.lab.start(self._log_key(pod, container, previous), lambda: self._fetch_log(pod, container, previous))
 
-    def pod_log(self, pod: str, container: str, *, previous: bool = False) -> str:
-        """The last ``log_since_s`` of a container's log, bounded by lines and bytes (once per run)."""
+    def log_read(self, pod: str, container: str, *, previous: bool = False) -> PodLog:
+        """The container's log read (once per run): its text, its size, and whether ``log_limit_bytes`` cut it."""
         self.ready()
         return self._fact(self._log_key(pod, container, previous), lambda: self._fetch_log(pod, container, previous))
 
+    def pod_log(self, pod: str, container: str, *, previous: bool = False) -> str:
+        """The last ``log_since_s`` of a container's log, bounded by lines and bytes (once per run)."""
+        return self.log_read(pod, container, previous=previous).text
 
-__all__ = ["CLIENT_FACT", "LISTS", "KubeApi", "KubeNotFound"]
+
+@dataclass(frozen=True)
+class PodLog:
+    """One container's log as read: the text (decoded with replacement), its size, whether the byte cap cut it."""
+
+    pod: str
+    container: str
+    text: str
+    size: int
+    truncated: bool
+    read_at: float  # when the answer was read: "the last N seconds" of it are counted back from here
+
+
+__all__ = ["CLIENT_FACT", "LISTS", "KubeApi", "KubeNotFound", "PodLog"]

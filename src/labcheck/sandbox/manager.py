@@ -93,6 +93,7 @@ API_FAULTS = (
     "clock-skew",
     "stuck-experiment",
     "docs-down",
+    "brute-force",
 )
 KUBE_FAULTS = (
     "crash-loop",

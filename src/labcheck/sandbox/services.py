@@ -114,6 +114,7 @@ def write_configs(plan: Plan) -> None:
             "state_dir": str(d),
             "flavor": plan.flavor,
             **plan.shape,
+            "app_log": str(d / "logs" / "api-app.log"),
         },
         "s3gw": {
             "host": HOST,
@@ -136,6 +137,7 @@ def write_configs(plan: Plan) -> None:
             "tls_cert": kube_ca(d),
             "tls_key": str(d / "kube-tls.key"),
             "planted": {"db_password": sec["app_db_password"], "bearer": test_token},
+            "api_log": str(d / "logs" / "api-app.log"),
         },
     }
     for name, cfg in configs.items():
@@ -164,6 +166,10 @@ def settings(plan: Plan) -> dict[str, Any]:
         "s3_quota_bytes": QUOTA_BYTES,
         # Time is compressed in the sandbox: S3 error history is judged over a minute, not an hour.
         "s3_error_window": "1m",
+        # ... and the log windows of the log-pattern checks (the read itself still reaches 30 minutes back).
+        "log_error_window_s": 20,
+        "log_storage_window_s": 20,
+        "log_auth_window_s": 20,
     }
 
 

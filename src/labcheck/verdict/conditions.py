@@ -29,7 +29,7 @@ CONDITIONS: dict[str, str] = {
 # Conditions that are evidence of a breach (the escalation matrix's "Data breach suspected").
 BREACH_EVIDENCE = {
     "auth_bypass": "a request that should have been refused (no or invalid token) was accepted",
-    "auth_401_surge_few_sources": "a surge of 401s from few sources",
+    "brute_force": "many 401s from few client addresses or for few subjects (the API pods' logs)",
 }
 
 def scenario_for(condition: str | None, catalogue: Catalogue, default: str | None) -> str | None:

@@ -21,6 +21,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labcheck.sandbox.api import applog
+from labcheck.sandbox.api.applog import AccessLog, auth_log, client_of, storage_log, subject_of
 from labcheck.sandbox.api.faults import Faults
 from labcheck.sandbox.api.instrument import instrument
 from labcheck.sandbox.api.platform import Platform
@@ -103,8 +105,13 @@ DOCS_HTML = """<!doctype html>
 
 def create_app(settings: ApiSettings) -> Starlette:
     """The API as an ASGI application."""
+    applog.setup(settings.app_log)
     platform = Platform(settings)
     faults = Faults(platform)
+
+    def auth_failed(request: Request, reason: str, token: str = "") -> None:
+        auth_log.warning("auth failure: %s sub=%s client=%s path=%s", reason,
+                        subject_of(token) if token else "-", client_of(request.scope), request.url.path)
 
     def unauthorized(detail: str | None) -> JSONResponse:
         challenge = f'Bearer realm="{REALM}"'
@@ -117,16 +124,25 @@ def create_app(settings: ApiSettings) -> Starlette:
         """401 unless the request carries a valid bearer token (None when it does)."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            auth_failed(request, "missing bearer token")
             return unauthorized(None)
+        token = token.strip()
         try:
-            platform.auth.verify_token(token.strip())
+            platform.auth.verify_token(token)
         except jwt.ExpiredSignatureError:
-            return unauthorized("token expired")
+            detail = "token expired"
         except jwt.ImmatureSignatureError:
-            return unauthorized("token not yet valid")
+            detail = "token not yet valid"
+        except jwt.InvalidSignatureError:
+            detail = "token invalid"
+            auth_failed(request, "jwt signature verification failed", token)
+            return unauthorized(detail)
         except jwt.PyJWTError:
-            return unauthorized("token invalid")
-        return None
+            detail = "token invalid"
+        else:
+            return None
+        auth_failed(request, f"jwt {detail}", token)
+        return unauthorized(detail)
 
     def admin_denied(request: Request) -> Response | None:
         if admin_key_ok(request, settings.admin_key):
@@ -152,7 +168,7 @@ def create_app(settings: ApiSettings) -> Starlette:
         return JSONResponse(body, status_code=200 if all_ok else 503)
 
     async def experiments(request: Request) -> Response:
-        if (injected := await faults.inject()) is not None:
+        if (injected := await faults.inject(request)) is not None:
             return injected
         if (denied := token_denied(request)) is not None:
             return denied
@@ -191,7 +207,7 @@ def create_app(settings: ApiSettings) -> Starlette:
 
     async def submit_experiment(request: Request) -> Response:
         """POST /experiments?dry_run=true: validate a submission, schedule nothing (issue 8's canary)."""
-        if (injected := await faults.inject()) is not None:
+        if (injected := await faults.inject(request)) is not None:
             return injected
         if (denied := token_denied(request)) is not None:
             return denied
@@ -222,11 +238,14 @@ def create_app(settings: ApiSettings) -> Starlette:
                              "experiment": {"name": spec["name"], "state": "queued", "id": None}})
 
     async def datasets(request: Request) -> Response:
-        if (injected := await faults.inject()) is not None:
+        if (injected := await faults.inject(request)) is not None:
             return injected
         try:
             objects = await run_in_threadpool(platform.storage.list_objects)
         except (ClientError, BotoCoreError) as exc:
+            code = exc.response.get("Error", {}).get("Code", "-") if isinstance(exc, ClientError) else "-"
+            storage_log.error("s3 list_objects_v2 failed: bucket=%s region=%s aws_error_code=%s %s", settings.bucket,
+                          settings.aws_region, code, first_line(exc))
             body = {"error": "storage unavailable", "detail": first_line(exc)}
             return JSONResponse(body, status_code=503)
         items = [{"key": o["Key"], "size": int(o["Size"])} for o in objects]
@@ -301,6 +320,7 @@ def create_app(settings: ApiSettings) -> Starlette:
     app.state.platform = platform
     app.state.faults = faults
     app.add_middleware(Instrumentation, platform=platform, routes=routes)
+    app.add_middleware(AccessLog)  # outside the Date header's middleware: it logs the final status
     # The flavour's library middleware (outermost: it sees every answer) and /metrics.
     instrument(app, settings.flavor, platform.metrics.registry)
     return app

@@ -38,7 +38,7 @@ class Auth:
         self.configured_secret = configured_secret
         self.jwt_secret = configured_secret
         self.skew_s = 0.0
-        self._client_tokens: dict[str, tuple[float, str]] = {}
+        self._client_tokens: dict[tuple[str, str], tuple[float, str]] = {}
 
     def rotate(self, new_secret: str) -> None:
         self.jwt_secret = new_secret
@@ -79,8 +79,8 @@ class Auth:
                 raise jwt.ImmatureSignatureError(f"The token is not yet valid ({claim})")
         return claims
 
-    def client_token(self) -> str:
-        """The token one of the platform's own clients (background traffic) sends.
+    def client_token(self, subject: str = "experiment-scheduler") -> str:
+        """The token one of the platform's own clients (background traffic), signed in as ``subject``, sends.
 
         Clients sign with the real clock and the secret they were provisioned with: after a
         rotation most keep the old one, only CLIENT_REFRESH_SHARE of their requests use the new.
@@ -89,13 +89,13 @@ class Auth:
         if self.jwt_secret != secret and random.random() < CLIENT_REFRESH_SHARE:
             secret = self.jwt_secret
         now = time.time()
-        cached = self._client_tokens.get(secret)
+        cached = self._client_tokens.get((secret, subject))
         if cached and cached[0] > now:
             return cached[1]
-        token = sign_token(secret, subject="experiment-scheduler", ttl_seconds=CLIENT_TOKEN_TTL_S)
+        token = sign_token(secret, subject=subject, ttl_seconds=CLIENT_TOKEN_TTL_S)
         kept = (self.configured_secret, self.jwt_secret)
-        self._client_tokens = {s: v for s, v in self._client_tokens.items() if s in kept}
-        self._client_tokens[secret] = (now + CLIENT_TOKEN_TTL_S / 2, token)
+        self._client_tokens = {k: v for k, v in self._client_tokens.items() if k[0] in kept}
+        self._client_tokens[(secret, subject)] = (now + CLIENT_TOKEN_TTL_S / 2, token)
         return token
 
     def check(self) -> tuple[bool, str]:

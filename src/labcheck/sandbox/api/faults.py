@@ -15,8 +15,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from labcheck.sandbox.api.applog import api_log
+from labcheck.sandbox.api.bruteforce import brute_force
 from labcheck.sandbox.api.db import scalar
 from labcheck.sandbox.api.platform import Platform
 from labcheck.sandbox.api.settings import first_line, log
@@ -113,6 +116,9 @@ class Faults:
     async def _heal(self, name: str, cleanup: bool = True) -> None:
         held = self.held.pop(name, Held())
         self.active.pop(name, None)
+        if name == "brute-force":  # its sender runs until stopped: nothing to wait for
+            for task in held.tasks:
+                task.cancel()
         await self._release(held)
         if name == "auth-secret-rotated":
             self.platform.auth.restore()
@@ -179,6 +185,7 @@ class Faults:
             "clock-skew": self._f_clock_skew,
             "stuck-experiment": self._f_stuck_experiment,
             "docs-down": self._f_docs_down,
+            "brute-force": self._f_brute_force,
         }
 
     async def _f_error_rate(self, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -188,6 +195,17 @@ class Faults:
     async def _f_latency(self, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         seconds = max(0.0, float(p.get("seconds", 2.5)))
         return {"seconds": seconds}, {"routes": ["/experiments", "/datasets", "/docs"]}
+
+    async def _f_brute_force(self, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        # Bad tokens from a few client addresses (X-Forwarded-For, which the access log honours), all
+        # for one subject, at `rps`: the 401s surge, and the logs say from where and for whom.
+        rps = min(200.0, max(1.0, float(p.get("rps", 20))))
+        sources = min(8, max(1, int(p.get("sources", 3))))
+        subject = str(p.get("subject") or "admin")
+        addresses = [f"203.0.113.{17 + 23 * i}" for i in range(sources)]  # TEST-NET-3: documentation addresses
+        self.held["brute-force"].tasks.append(asyncio.create_task(
+            brute_force(self.platform.settings, rps=rps, addresses=addresses, subject=subject)))
+        return {"rps": rps, "sources": sources, "subject": subject}, {"addresses": addresses}
 
     async def _f_docs_down(self, p: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {"route": "/docs"}
@@ -344,12 +362,14 @@ class Faults:
 
     # -- request-time fault effects -------------------------------------------------
 
-    async def inject(self) -> Response | None:
-        """Latency and error-rate, applied to the non-health routes."""
+    async def inject(self, request: Request) -> Response | None:
+        """Latency and error-rate, applied to the non-health routes (an error is logged as the app's would be)."""
         seconds = self.param("latency", "seconds", 0.0)
         if seconds > 0:
             await asyncio.sleep(seconds)
         share = self.param("error-rate", "share", 0.0)
         if share > 0 and random.random() < share:
+            api_log.error("Exception in ASGI application: %s %s: RuntimeError: experiment scheduler returned "
+                          "an internal error (fault error-rate)", request.method, request.url.path)
             return JSONResponse({"error": "internal server error"}, status_code=500)
         return None

@@ -45,6 +45,9 @@ class ApiSettings:
     readiness_components: str = "components"
     readiness_names: list[str] = field(default_factory=lambda: ["db", "auth", "storage"])
     experiments_shape: str = "experiments"
+    # Where the API writes its access and error lines (applog.py); the Kubernetes stand-in serves
+    # them as the API pods' logs. Empty: not written.
+    app_log: str = ""
 
     @classmethod
     def load(cls, path: str | Path) -> ApiSettings:

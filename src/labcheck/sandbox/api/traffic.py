@@ -6,14 +6,42 @@ import asyncio
 import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
 from labcheck.sandbox.api.settings import ApiSettings
 
+# The platform's clients reach the API through the ingress, which names them in X-Forwarded-For: a
+# few dozen addresses of the pod network, each signed in as one of a few dozen users.
+CLIENTS = tuple(f"10.244.{1 + i % 2}.{11 + 7 * i}" for i in range(32))
+SUBJECTS = tuple(f"user-{n}" for n in range(1, 25))
 
-async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> None:
+
+def base_url(settings: ApiSettings) -> str:
+    """This API over loopback."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+async def ticks(rps: float) -> AsyncIterator[None]:
+    """Yield about ``rps`` times a second, forever (a late tick is not made up for more than a second)."""
+    loop = asyncio.get_running_loop()
+    interval = 1.0 / rps
+    next_at = loop.time()
+    while True:
+        next_at += interval
+        delay = next_at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -1.0:
+            next_at = loop.time()
+        yield
+
+
+async def traffic(settings: ApiSettings, client_token: Callable[[str], str]) -> None:
     """Real HTTP requests to this API over loopback, at about traffic_rps.
 
     `client_token` gives the bearer token one client sends (Auth.client_token: the real clock,
@@ -22,32 +50,18 @@ async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> Non
     s = settings
     if s.traffic_rps <= 0:
         return
-    host = "127.0.0.1" if s.host in ("0.0.0.0", "", "::") else s.host
-    if ":" in host:
-        host = f"[{host}]"
     concurrency = s.traffic_concurrency or max(8, math.ceil(s.traffic_rps * 3))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(6.0, connect=1.0)
     sem = asyncio.Semaphore(concurrency)
     inflight: set[asyncio.Task[None]] = set()
-    loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(
-        base_url=f"http://{host}:{s.port}", timeout=timeout, limits=limits
-    ) as client:
+    async with httpx.AsyncClient(base_url=base_url(s), timeout=timeout, limits=limits) as client:
         while True:  # wait for the server to listen
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get("/health")).status_code == 200:
                     break
             await asyncio.sleep(0.2)
-        interval = 1.0 / s.traffic_rps
-        next_at = loop.time()
-        while True:
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -1.0:
-                next_at = loop.time()
+        async for _ in ticks(s.traffic_rps):
             if sem.locked():
                 continue
             await sem.acquire()
@@ -57,15 +71,16 @@ async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> Non
 
 
 async def _one_request(
-    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str]
+    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[str], str]
 ) -> None:
     try:
         roll = random.random()
+        forwarded = {"X-Forwarded-For": random.choice(CLIENTS)}
         if roll < 0.6:
-            headers = {"Authorization": f"Bearer {client_token()}"}
+            headers = {"Authorization": f"Bearer {client_token(random.choice(SUBJECTS))}", **forwarded}
             await client.get("/experiments", headers=headers)
         elif roll < 0.8:
-            await client.get("/datasets")
+            await client.get("/datasets", headers=forwarded)
         elif roll < 0.9:
             await client.get("/health")
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+from labcheck.sandbox.kube import apilog
 from labcheck.sandbox.kube.model import API, AppSpec, KubeConfig, PodModel, Snapshot, ts_ms
 
 MINUTE = 60.0
@@ -48,7 +49,8 @@ def pod_log(
         if t > end:
             continue
         out.append((t, _api_line(rng, t) if is_api else _worker_line(rng)))
-        if is_api and rotated is not None and t >= rotated.since:
+        if is_api and rotated is not None and t >= rotated.since and not cfg.api_log:
+            # Without the API's own log (a stand-in on its own), its refusals are written here.
             client = f"10.244.0.{rng.randint(2, 9)}:{rng.randint(30000, 60000)}"
             out.append(
                 (
@@ -104,10 +106,13 @@ def pod_log(
                     f"WARNING [llm_research.memory] rss={rss} limit={limit} ({pct}%) while loading tokenizer cache",
                 )
             )
+    if is_api and cfg.api_log and not previous and pod.current is not None:
+        running = sorted(p.name for p in snap.pods if p.app.name == API and p.current is not None)
+        out.extend(apilog.lines_for(cfg.api_log, pod.name, running, lo, end))
     out.sort(key=lambda x: x[0])
     # Application lines carry the app's own timestamp; traceback lines do not.
     return [
-        (t, f"{ts_ms(t)} {text}" if text[:5].rstrip() in _LEVELS else text)
+        (t, f"{ts_ms(t)} {text}" if text[:5].rstrip() in _LEVELS else text)  # the API's file has its own
         for t, text in out
         if lo <= t <= end + 0.5
     ]

@@ -42,6 +42,7 @@ class KubeConfig:
     planted: dict[str, str] = field(default_factory=dict)
     tls_cert: str | None = None  # both set: serve HTTPS (created self-signed if missing)
     tls_key: str | None = None
+    api_log: str | None = None  # the sandbox API's log file, served as the API pods' logs
 
     @property
     def scheme(self) -> str:
@@ -68,6 +69,7 @@ class KubeConfig:
             planted={str(k): str(v) for k, v in planted.items()},
             tls_cert=raw.get("tls_cert") or None,
             tls_key=raw.get("tls_key") or None,
+            api_log=raw.get("api_log") or None,
         )
 
 
