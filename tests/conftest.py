@@ -81,6 +81,12 @@ class Sandbox:
         proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
         return Run(proc.returncode, proc.stdout, proc.stderr, reports)
 
+    def quiet(self, deadline_s: float = 90) -> None:
+        """Wait until the API's request signals are healthy again: a fault healed a moment ago
+        lingers in the sandbox's 10 s rate window (a 401 burst, a slow minute) for a few scrapes."""
+        self.wait_for(lambda r: r.triage["severity"] is None, "checks/api_gateway.py", "checks/auth.py",
+                      deadline_s=deadline_s, what="a quiet platform")
+
     def wait_for(self, predicate: Callable[[Run], bool], *args: str, deadline_s: float = 60,
                  what: str = "condition") -> Run:
         """Run the checks until the predicate holds, or fail at the deadline."""

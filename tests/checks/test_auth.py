@@ -179,6 +179,7 @@ def _signed(healed: Any, ttl_seconds: int) -> str:
 def test_an_unusable_test_token_is_unknown_not_an_auth_outage(healed: Any, kind: str) -> None:
     # Signed with the platform's own secret, so only its expiry is wrong: labcheck's problem.
     token = _signed(healed, -120) if kind == "expired" else "opaque-labcheck-key-5150"
+    healed.quiet()
     run = healed.run_checks(CHECKS, "checks/experiments.py", "--set", f"test_token={token}")
     reason = "test token expired at" if kind == "expired" else "test_token is not a JWT"
     for name in ("check_test_token_accepted", "check_experiments_list_answers"):
