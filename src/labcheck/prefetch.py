@@ -10,7 +10,8 @@ getter can never silently fall out of the prefetch.
 When collection ends, the declared facts the selected checks read start at once, in the
 background, each fetched once per run (``Lab.start``). Which getters a check reads is read off its
 source: the attribute names it (and the helpers of its own module it calls) mentions, matched
-against the declared getters of the fixtures it asks for. A check that names none of them (it hands
+against the declared getters of the fixtures it asks for; a string literal it passes first to a
+call (``api.attempt("/datasets")``) is kept too, so a starter can begin that request ahead as well. A check that names none of them (it hands
 the fixture to code elsewhere) starts every fact of that fixture: more than needed, never less.
 What no selected check reads is not started, so ``-m sev1`` sends no query only sev2 checks need.
 """
@@ -39,6 +40,11 @@ class Use:
     check: str
     params: Mapping[str, Any] = field(default_factory=dict)
     names: frozenset[str] = frozenset()
+    literals: frozenset[tuple[str, str]] = frozenset()  # (attribute, first argument) of calls like x.attr("/path")
+
+    def literal_args(self, *attrs: str) -> list[str]:
+        """The string literals this check passes first to calls of ``attrs`` (``api.attempt("/datasets")``)."""
+        return sorted(arg for attr, arg in self.literals if attr in attrs)
 
 
 Starter = Callable[[Any, Sequence[Use]], None]
@@ -119,8 +125,18 @@ _PARSED: dict[str, dict[str, ast.FunctionDef]] = {}
 
 def names_read(fn: Callable[..., Any]) -> frozenset[str]:
     """Attribute names a check's source mentions, through the helpers of its own module it calls."""
+    return _read(fn)[0]
+
+
+def literals_read(fn: Callable[..., Any]) -> frozenset[tuple[str, str]]:
+    """(attribute, string) for each call ``x.attribute("string", ...)`` in a check's source and its helpers."""
+    return _read(fn)[1]
+
+
+def _read(fn: Callable[..., Any]) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
     functions = _module_functions(str(getattr(fn, "__module__", "")))
     names: set[str] = set()
+    literals: set[tuple[str, str]] = set()
     stack = [str(getattr(fn, "__name__", ""))]
     seen: set[str] = set()
     while stack:
@@ -133,7 +149,10 @@ def names_read(fn: Callable[..., Any]) -> frozenset[str]:
                 names.add(sub.attr)
             elif isinstance(sub, ast.Name) and sub.id in functions:
                 stack.append(sub.id)
-    return frozenset(names)
+            elif (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.args
+                  and isinstance(sub.args[0], ast.Constant) and isinstance(sub.args[0].value, str)):
+                literals.add((sub.func.attr, sub.args[0].value))
+    return frozenset(names), frozenset(literals)
 
 
 def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, list[Use]]:
@@ -147,8 +166,10 @@ def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, 
         wanted = [n for n in argnames(fn) if n in COMPONENTS]
         if not wanted:
             continue
+        names, literals = _read(fn)
         use = Use(check=str(getattr(item, "originalname", item.name)),
-                  params=dict(getattr(getattr(item, "callspec", None), "params", {})), names=names_read(fn))
+                  params=dict(getattr(getattr(item, "callspec", None), "params", {})), names=names,
+                  literals=literals)
         for name in wanted:
             uses.setdefault(name, []).append(use)
     return uses

@@ -259,6 +259,27 @@ def test_every_fixture_the_checks_ask_questions_of_declares_its_facts() -> None:
     assert facades <= set(seen), sorted(facades - set(seen))
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
+def test_prefetch_starts_the_api_paths_the_checks_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check that names its own path (api.attempt("/datasets")) has it started with every other fact
+    # when collection ends, not when the check runs: under a slow API that wait would follow the others.
+    from labcheck.components.api_gateway import Api
+    from labcheck.prefetch import COMPONENTS, Use, literals_read, names_read, starters
+    from labcheck.probes import http
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    auth, storage = importlib.import_module("checks.auth"), importlib.import_module("checks.storage")
+    started: list[str] = []
+    monkeypatch.setattr(http, "start", lambda lab, url, **kw: started.append(url))
+    lab: Any = type("FakeLab", (), {"settings": type("S", (), {"api_url": "http://api.test"})()})()
+    uses = [Use(check=fn.__name__, names=names_read(fn), literals=literals_read(fn))
+            for fn in (storage.check_datasets_endpoint_answers, auth.check_request_without_token_rejected)]
+    for start, readers in starters(COMPONENTS["api"], uses):
+        start(Api(lab), readers)
+    assert sorted(started) == ["http://api.test/datasets", "http://api.test/experiments"], started
+
+
 # --- 3 and 5. against our own sandbox ----------------------------------------------------------------
 
 

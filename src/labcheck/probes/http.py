@@ -107,7 +107,10 @@ class _LazyTLS(httpx.BaseTransport):
 def _client(lab: Lab) -> httpx.Client:
     s = lab.settings
     timeout = httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+    # No cap on connections per origin or in all: each request is a fact, started once per run, so
+    # the facts bound how many are open; a pool limit could only make one request wait for another
+    # (under a slow API, a whole latency each). Keep-alive stays bounded.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
     return httpx.Client(
         timeout=timeout,
         follow_redirects=False,
