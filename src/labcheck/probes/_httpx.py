@@ -11,14 +11,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from labcheck.errors import (
-    ProbeBadResponse,
-    ProbeError,
-    ProbeRefused,
-    ProbeTimeout,
-    ProbeTLSError,
-    ProbeUnreachable,
-)
+from labcheck import errors
+from labcheck.errors import ProbeError
 
 if TYPE_CHECKING:
     from labcheck.lab import Lab
@@ -76,21 +70,21 @@ def classify(exc: Exception, url: str, lab: Lab) -> ProbeError:
     s = lab.settings
     text = str(exc)
     if isinstance(exc, httpx.ConnectTimeout):
-        return ProbeTimeout(f"timed out after {s.connect_s:g} s connecting", target=url)
+        return errors.ProbeTimeout(f"timed out after {s.connect_s:g} s connecting", target=url)
     if isinstance(exc, httpx.TimeoutException):
-        return ProbeTimeout(f"timed out after {s.read_s:g} s waiting for a response", target=url)
+        return errors.ProbeTimeout(f"timed out after {s.read_s:g} s waiting for a response", target=url)
     if isinstance(exc, httpx.ConnectError):
         cause = exc.__context__ or exc.__cause__
         lowered = text.lower()
         if isinstance(cause, ssl.SSLError) or "certificate" in lowered or "ssl" in lowered:
-            return ProbeTLSError(f"TLS certificate not trusted ({text[:120]})", target=url)
+            return errors.ProbeTLSError(f"TLS certificate not trusted ({text[:120]})", target=url)
         if "refused" in lowered:
-            return ProbeRefused("connection refused", target=url)
+            return errors.ProbeRefused("connection refused", target=url)
         if "name or service not known" in lowered or "name resolution" in lowered or "nodename" in lowered:
-            return ProbeUnreachable("DNS name does not resolve", target=url)
-        return ProbeUnreachable(f"cannot connect ({text[:120]})", target=url)
+            return errors.ProbeUnreachable("DNS name does not resolve", target=url)
+        return errors.ProbeUnreachable(f"cannot connect ({text[:120]})", target=url)
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return ProbeBadResponse(f"connection closed mid-response ({text[:120] or type(exc).__name__})", target=url)
+        return errors.ProbeBadResponse(f"connection closed mid-response ({text[:120] or type(exc).__name__})", target=url)
     if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-        return ProbeUnreachable(f"invalid URL ({text[:120]})", target=url)
-    return ProbeBadResponse(f"{type(exc).__name__}: {text[:160]}", target=url)
+        return errors.ProbeUnreachable(f"invalid URL ({text[:120]})", target=url)
+    return errors.ProbeBadResponse(f"{type(exc).__name__}: {text[:160]}", target=url)
