@@ -11,6 +11,7 @@ from collections.abc import Callable
 import httpx
 
 from labcheck.sandbox.api.settings import ApiSettings
+from labcheck.sandbox.flavours import DATA_ROUTES, endpoint_paths
 
 
 async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> None:
@@ -40,6 +41,8 @@ async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> Non
                     break
             await asyncio.sleep(0.2)
         interval = 1.0 / s.traffic_rps
+        # Every endpoint set gets its share: the data routes under each prefix ("" for the first).
+        prefixes = [p.removesuffix(DATA_ROUTES[0]) for p in endpoint_paths(s.endpoints) if p.endswith(DATA_ROUTES[0])]
         next_at = loop.time()
         while True:
             next_at += interval
@@ -51,21 +54,22 @@ async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> Non
             if sem.locked():
                 continue
             await sem.acquire()
-            task = asyncio.create_task(_one_request(client, sem, client_token))
+            task = asyncio.create_task(_one_request(client, sem, client_token, prefixes))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
 
 
 async def _one_request(
-    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str]
+    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str], prefixes: list[str]
 ) -> None:
     try:
         roll = random.random()
+        prefix = random.choice(prefixes)
         if roll < 0.6:
             headers = {"Authorization": f"Bearer {client_token()}"}
-            await client.get("/experiments", headers=headers)
+            await client.get(prefix + "/experiments", headers=headers)
         elif roll < 0.8:
-            await client.get("/datasets")
+            await client.get(prefix + "/datasets")
         elif roll < 0.9:
             await client.get("/health")
         else:
