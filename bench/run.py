@@ -244,7 +244,7 @@ NOTES = [
     "  comes and goes weighs on both.",
     "- Goal 3: `sandbox up --endpoints N` serves 2N data routes, all with traffic, and 3N API pods; the",
     "  suite's settings list every route as api_endpoints, so each is judged (\"endpoints judged\").",
-    "  The N = 50 sandbox sends 118 requests/s to itself on the same two cores.",
+    "  The N = 50 sandbox sends 44.5 requests/s to itself on the same two cores.",
     "- Peak RSS is each run's own maximum resident set (wait4), in MiB.",
     "- -n 2: two workers each import the client libraries and fetch what their checks read.",
 ]

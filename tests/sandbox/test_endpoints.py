@@ -17,8 +17,9 @@ def test_n_endpoint_sets_are_2n_distinct_routes_with_traffic_for_each() -> None:
     paths = endpoint_paths(10)
     assert len(paths) == len(set(paths)) == 20
     assert paths[:2] == ["/experiments", "/datasets"] and "/s9/datasets" in paths
-    # About one request a second or more per route: 80% of the traffic goes to the data routes.
-    assert traffic_rps(50) * 0.8 / len(endpoint_paths(50)) >= 0.9
+    # The routes are taken in turn: every /datasets route (a fifth of the traffic) gets a request
+    # inside each 10 s rate window, with room to spare; and the API is not overrun.
+    assert 50 / (traffic_rps(50) * 0.2) <= 6 and traffic_rps(50) <= 50
 
 
 def _api_pods(endpoints: int) -> list[dict]:

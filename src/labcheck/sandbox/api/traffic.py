@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 
@@ -41,8 +42,9 @@ async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> Non
                     break
             await asyncio.sleep(0.2)
         interval = 1.0 / s.traffic_rps
-        # Every endpoint set gets its share: the data routes under each prefix ("" for the first).
+        # Every endpoint set gets its share: the data routes under each prefix ("" for the first), in turn.
         prefixes = [p.removesuffix(DATA_ROUTES[0]) for p in endpoint_paths(s.endpoints) if p.endswith(DATA_ROUTES[0])]
+        turns = {route: itertools.cycle(prefixes) for route in DATA_ROUTES}
         next_at = loop.time()
         while True:
             next_at += interval
@@ -54,22 +56,22 @@ async def traffic(settings: ApiSettings, client_token: Callable[[], str]) -> Non
             if sem.locked():
                 continue
             await sem.acquire()
-            task = asyncio.create_task(_one_request(client, sem, client_token, prefixes))
+            task = asyncio.create_task(_one_request(client, sem, client_token, turns))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
 
 
 async def _one_request(
-    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str], prefixes: list[str]
+    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str],
+    turns: Mapping[str, Iterator[str]],
 ) -> None:
     try:
         roll = random.random()
-        prefix = random.choice(prefixes)
         if roll < 0.6:
             headers = {"Authorization": f"Bearer {client_token()}"}
-            await client.get(prefix + "/experiments", headers=headers)
+            await client.get(next(turns["/experiments"]) + "/experiments", headers=headers)
         elif roll < 0.8:
-            await client.get(prefix + "/datasets")
+            await client.get(next(turns["/datasets"]) + "/datasets")
         elif roll < 0.9:
             await client.get("/health")
         else:
