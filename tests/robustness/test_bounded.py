@@ -46,6 +46,7 @@ MODULE_TARGETS = {
     "experiments.py": {"api", "kube"},
     "kubernetes.py": {"kube"},
     "metrics.py": {"prometheus"},
+    "saturation.py": {"kube", "prometheus"},  # PodMetrics, else the cAdvisor series
     "storage.py": {"s3", "cloudwatch", "api"},
 }
 NOT_CONFIGURED = {"check_replication_lag"}  # no replica_url: UNKNOWN, not configured
