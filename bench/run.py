@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -447,6 +448,7 @@ def main() -> int:
             faults_side_by_side(t, env, reports, state)
         scale(t, env, reports, args.runs)
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         if not args.keep:
             manager.down(dir=BENCH_DIR)
 
