@@ -246,8 +246,10 @@ NOTES = [
     "- Goal 3: `sandbox up --endpoints N` serves 2N data routes, all with traffic, and 3N API pods; the",
     "  suite's settings list every route as api_endpoints, so each is judged (\"endpoints judged\").",
     "  The N = 50 sandbox sends 44.5 requests/s to itself on the same two cores.",
-    "- Peak RSS is each run's own maximum resident set (wait4), in MiB.",
-    "- -n 2: two workers each import the client libraries and fetch what their checks read.",
+    "- Peak RSS is each run's own maximum resident set (/usr/bin/time %M), in MiB.",
+    "- -n 2: each worker collects every check and prefetches every fact, and imports the client libraries.",
+    "- Goal 4: one labcheck run 15 s after each fault; faults whose thresholds take longer to cross",
+    "  (a query running or a session idle in transaction for longer than the threshold) are not yet found.",
 ]
 
 
