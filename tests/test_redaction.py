@@ -56,3 +56,26 @@ def test_fault_command_does_not_echo_a_secret_parameter(healed: Any) -> None:
     assert "fault auth-secret-rotated" in out.stdout
     assert planted not in out.stdout + out.stderr
     assert '"new_secret": "***"' in out.stdout and '"started_ago": 5' in out.stdout
+
+
+def test_the_same_evidence_for_many_checks_is_redacted_and_written_once(tmp_path):
+    # Every failing API check records the API's pods: serialised, redacted and written once, the
+    # other checks' files are links to it; a later, different body never writes through the link.
+    from labcheck.evidence import Evidence
+
+    calls = []
+
+    class Counting(Redactor):
+        def __call__(self, text):
+            calls.append(text)
+            return super().__call__(text)
+
+    evidence = Evidence(tmp_path, Counting(["s3cr3t-value"]))
+    pods = [{"name": f"api-{i}", "env": "s3cr3t-value"} for i in range(3)]
+    first = evidence.record("checks/a.py::check_one", "pods", pods)
+    again = evidence.record("checks/a.py::check_two", "pods", pods)
+    assert first == again and "s3cr3t-value" not in first and len(calls) == 1
+    one, two = tmp_path / "checks_a.py_check_one" / "pods.json", tmp_path / "checks_a.py_check_two" / "pods.json"
+    assert one.read_text() == two.read_text() == first
+    evidence.record("checks/a.py::check_two", "pods", {"other": True})
+    assert one.read_text() == first and '"other"' in two.read_text()

@@ -88,6 +88,10 @@ def add_sandbox_command(subparsers: Any) -> None:
         "--set", action="append", default=None, metavar="KEY=VALUE", dest="shape",
         help=f"a response shape option (repeatable): {', '.join(SHAPE_DEFAULTS)}",
     )
+    p.add_argument(
+        "--endpoints", type=int, default=None, metavar="N",
+        help="endpoint sets the API serves, all with traffic: 2N routes, N x the API's pods (default 1)",
+    )
     p.set_defaults(func=cmd_sandbox_up)
 
     p = actions.add_parser("down", help="stop every service (idempotent)")
@@ -151,6 +155,7 @@ def cmd_sandbox_up(args: argparse.Namespace) -> int:
         progress=_progress,
         flavor=args.flavor,
         shape=shape,
+        endpoints=args.endpoints,
     )
     _progress(f"sandbox up in {time.monotonic() - started:.1f}s")
     _print_status_table(manager.status(args.dir))

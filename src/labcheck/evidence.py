@@ -138,19 +138,62 @@ class Evidence:
         self.redact = redactor
         self._lock = threading.Lock()
         self.recorded: list[Path] = []
+        # The same body recorded for many checks (the API's pods, for every failing API check) is
+        # serialised and redacted once, and written once (the other files are hard links): on 150
+        # pods, doing it again per check was most of a failing run's time (issue 16).
+        self._dumped: dict[int, tuple[Any, str]] = {}
+        self._redacted: dict[str, tuple[str, Path | None]] = {}
+
+    def _text(self, body: Any) -> str:
+        with self._lock:
+            seen = self._dumped.get(id(body))
+        if seen is not None and seen[0] is body:
+            return seen[1]
+        text = json.dumps(body, indent=2, default=str, sort_keys=True)
+        with self._lock:
+            if len(self._dumped) >= 64:
+                self._dumped.clear()
+            self._dumped[id(body)] = (body, text)  # the body is kept, so its id is not reused meanwhile
+        return text
+
+    def _redact(self, text: str) -> tuple[str, Path | None]:
+        """The redacted text, and a file that already holds it (None the first time)."""
+        with self._lock:
+            done = self._redacted.get(text)
+        if done is None:
+            done = (self.redact(text), None)
+            with self._lock:
+                if len(self._redacted) >= 64:
+                    self._redacted.clear()
+                self._redacted[text] = done
+        return done
+
+    def _write_text(self, path: Path, source: str, text: str, written: Path | None) -> None:
+        """Write ``text`` at ``path`` (a hard link to ``written`` where it already holds it). Under the lock."""
+        if written == path:
+            return
+        path.unlink(missing_ok=True)  # never write through a link into another check's file
+        if written is not None:
+            try:
+                os.link(written, path)
+                return
+            except OSError:
+                pass
+        path.write_text(text, encoding="utf-8")
+        self._redacted[source] = (text, path)
 
     def record(self, nodeid: str, name: str, body: Any, *, kind: str = "text") -> str:
         """Redact and record one piece of evidence; return the redacted text."""
         if not isinstance(body, str):
-            body = json.dumps(body, indent=2, default=str, sort_keys=True)
+            body = self._text(body)
             kind = "json"
-        text = self.redact(body)
+        text, written = self._redact(body)
         suffix = ".json" if kind == "json" else ".txt"
         folder = self.directory / _safe_name(nodeid)
         path = folder / (_safe_name(name) + suffix)
         with self._lock:
             folder.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            self._write_text(path, body, text, written)
             self.recorded.append(path)
         _attach_allure(text, name, kind)
         return text

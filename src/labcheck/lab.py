@@ -122,7 +122,11 @@ class Lab:
                 self._dead.setdefault(origin, f"{origin} did not answer earlier in this run ({reason})")
 
     def client(self, name: str, make: Callable[[], T]) -> T:
-        """A client built once per run (httpx, psycopg, boto3, kubernetes).
+        """A client built once per run (httpx, psycopg, boto3, kubernetes); see ``once``."""
+        return self.once(name, make)
+
+    def once(self, name: str, make: Callable[[], T]) -> T:
+        """Anything built once per run and shared: a client, a facade, evidence every failing check records.
 
         Built under its own lock, not the lab's: importing kubernetes or boto3 takes a second or
         more, and meanwhile every other probe must still start and finish.

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -216,9 +217,31 @@ def _configure_allure(config: pytest.Config, out: Path) -> None:
         config.option.allure_report_dir = str(out / "allure-results")
         if not _is_worker(config):
             # Our own default directory holds this run's results only, like triage.json beside it.
-            shutil.rmtree(config.option.allure_report_dir, ignore_errors=True)
+            _clear_aside(Path(config.option.allure_report_dir))
     if config.option.allure_report_dir and not _is_worker(config):
         config.pluginmanager.register(AllureExtras(config), "labcheck-allure")
+
+
+def _clear_aside(path: Path) -> None:
+    """Empty ``path`` at once: the last run's results are moved aside and deleted in the background.
+
+    A few hundred files to unlink (40 ms on two busy cores) that would otherwise hold up collection
+    and so every request (issue 16). What a run stopped before it was deleted goes with the next one.
+    """
+    leftovers = list(path.parent.glob(f".{path.name}.old-*"))
+    if path.exists():
+        aside = path.with_name(f".{path.name}.old-{os.getpid()}")
+        try:
+            path.rename(aside)
+            leftovers.append(aside)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+    def delete() -> None:
+        for old in leftovers:
+            shutil.rmtree(old, ignore_errors=True)
+
+    if leftovers:
+        threading.Thread(target=delete, name="labcheck:old allure results", daemon=True).start()
 
 
 def _runs_checks(config: pytest.Config) -> bool:

@@ -9,17 +9,18 @@ getter can never silently fall out of the prefetch.
 
 When collection ends, the declared facts the selected checks read start at once, in the
 background, each fetched once per run (``Lab.start``). Which getters a check reads is read off its
-source: the attribute names it (and the helpers of its own module it calls) mentions, matched
-against the declared getters of the fixtures it asks for. A check that names none of them (it hands
+code: the attribute names it (and the helpers of its own module it calls) loads, matched
+against the declared getters of the fixtures it asks for; a string literal it passes first to a
+call (``api.attempt("/datasets")``) is kept too, so a starter can begin that request ahead as well. A check that names none of them (it hands
 the fixture to code elsewhere) starts every fact of that fixture: more than needed, never less.
 What no selected check reads is not started, so ``-m sev1`` sends no query only sev2 checks need.
 """
 
 from __future__ import annotations
 
-import ast
+import dis
 import inspect
-import sys
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,6 +40,11 @@ class Use:
     check: str
     params: Mapping[str, Any] = field(default_factory=dict)
     names: frozenset[str] = frozenset()
+    literals: frozenset[tuple[str, str]] = frozenset()  # (attribute, first argument) of calls like x.attr("/path")
+
+    def literal_args(self, *attrs: str) -> list[str]:
+        """The string literals this check passes first to calls of ``attrs`` (``api.attempt("/datasets")``)."""
+        return sorted(arg for attr, arg in self.literals if attr in attrs)
 
 
 Starter = Callable[[Any, Sequence[Use]], None]
@@ -101,39 +107,50 @@ def argnames(fn: Any) -> list[str]:
         return []
 
 
-def _module_functions(module_name: str) -> dict[str, ast.FunctionDef]:
-    """The top-level functions of a module, parsed from its source once per run."""
-    if module_name not in _PARSED:
-        module = sys.modules.get(module_name)
-        try:
-            tree = ast.parse(inspect.getsource(module)) if module is not None else None
-        except (OSError, TypeError, SyntaxError):
-            tree = None
-        _PARSED[module_name] = {node.name: node for node in (tree.body if tree else ())
-                                if isinstance(node, ast.FunctionDef)}
-    return _PARSED[module_name]
-
-
-_PARSED: dict[str, dict[str, ast.FunctionDef]] = {}
-
-
 def names_read(fn: Callable[..., Any]) -> frozenset[str]:
-    """Attribute names a check's source mentions, through the helpers of its own module it calls."""
-    functions = _module_functions(str(getattr(fn, "__module__", "")))
+    """Attribute names a check's code mentions, through the helpers of its own module it calls."""
+    return _read(fn)[0]
+
+
+def literals_read(fn: Callable[..., Any]) -> frozenset[tuple[str, str]]:
+    """(attribute, string) for each call ``x.attribute("string", ...)`` in a check's code and its helpers."""
+    return _read(fn)[1]
+
+
+_ATTRIBUTE_LOADS = frozenset({"LOAD_ATTR", "LOAD_METHOD"})
+
+
+def _read(fn: Callable[..., Any]) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """Read off the compiled code, not the source: no file read, no parse (issue 16: a run's CPU is its time).
+
+    ``co_names`` holds every attribute and global name the code loads; a helper of the check's own
+    module (a global that is a function there) is read too, and nested code (lambdas,
+    comprehensions). A string loaded right after an attribute is that call's first argument.
+    """
+    module_globals: dict[str, Any] = getattr(fn, "__globals__", {})
+    module = getattr(fn, "__module__", None)
     names: set[str] = set()
-    stack = [str(getattr(fn, "__name__", ""))]
-    seen: set[str] = set()
+    literals: set[tuple[str, str]] = set()
+    stack = [getattr(fn, "__code__", None)]
+    seen: set[int] = set()
     while stack:
-        node = functions.get(stack.pop())
-        if node is None or node.name in seen:
+        code = stack.pop()
+        if not isinstance(code, types.CodeType) or id(code) in seen:
             continue
-        seen.add(node.name)
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Attribute):
-                names.add(sub.attr)
-            elif isinstance(sub, ast.Name) and sub.id in functions:
-                stack.append(sub.id)
-    return frozenset(names)
+        seen.add(id(code))
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        for name in code.co_names:
+            helper = module_globals.get(name)
+            if isinstance(helper, types.FunctionType) and helper.__module__ == module:
+                stack.append(helper.__code__)
+        previous = None
+        for ins in dis.get_instructions(code):
+            if (previous is not None and previous.opname in _ATTRIBUTE_LOADS and ins.opname == "LOAD_CONST"
+                    and isinstance(ins.argval, str)):
+                literals.add((str(previous.argval), ins.argval))
+            previous = ins
+    return frozenset(names), frozenset(literals)
 
 
 def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, list[Use]]:
@@ -147,8 +164,10 @@ def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, 
         wanted = [n for n in argnames(fn) if n in COMPONENTS]
         if not wanted:
             continue
+        names, literals = _read(fn)
         use = Use(check=str(getattr(item, "originalname", item.name)),
-                  params=dict(getattr(getattr(item, "callspec", None), "params", {})), names=names_read(fn))
+                  params=dict(getattr(getattr(item, "callspec", None), "params", {})), names=names,
+                  literals=literals)
         for name in wanted:
             uses.setdefault(name, []).append(use)
     return uses

@@ -34,6 +34,7 @@ LONG_TIMEOUT = 60  # --probe-timeout of the deadline run: a wait the deadline do
 SANDBOX_DIR = Path("/tmp/lc-bound")
 PORT_OFFSET = 1400
 HEAVY = ("kubernetes", "boto3", "botocore", "psycopg")
+CLIENTS = (*HEAVY, "httpx")  # every client library: --collect-only imports none of them
 TARGETS = ("api", "prometheus", "kube", "s3", "cloudwatch", "postgres")
 TIMED_OUT = re.compile(r"timed out after \d+(\.\d+)? s|no complete answer within \d+ s")
 # Which hung targets the checks of each module may name (the API also serves /docs and /metrics).
@@ -46,7 +47,7 @@ MODULE_TARGETS = {
     "kubernetes.py": {"kube"},
     "logs.py": {"kube"},
     "metrics.py": {"prometheus"},
-    "saturation.py": {"kube", "prometheus"},  # PodMetrics, else cAdvisor series
+    "saturation.py": {"kube", "prometheus"},  # PodMetrics, else the cAdvisor series
     "storage.py": {"s3", "cloudwatch", "api"},
 }
 NOT_CONFIGURED = {"check_replication_lag"}  # no replica_url: UNKNOWN, not configured
@@ -58,7 +59,7 @@ def pytest_unconfigure(config):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "controller")
     path = os.path.join(os.environ["HEAVY_OUT"], "heavy-" + worker + ".json")
     with open(path, "w") as fh:
-        json.dump(sorted(m for m in {HEAVY!r} if m in sys.modules), fh)
+        json.dump(sorted(m for m in {CLIENTS!r} if m in sys.modules), fh)
 '''
 
 
@@ -222,7 +223,7 @@ def test_a_run_imports_a_client_library_only_for_a_configured_target(tmp_path: P
     data = assert_written(run)
     outcomes = Counter(c["outcome"] for c in data["checks"])
     assert outcomes["failed"] >= 1 and outcomes["unknown"] >= 40, outcomes
-    assert found == {"controller": []}, found
+    assert found == {"controller": ["httpx"]}, found  # the API and Prometheus are asked over HTTP
 
 
 # --- prefetch starts what the facades declare ------------------------------------------------------------
@@ -259,6 +260,27 @@ def test_every_fixture_the_checks_ask_questions_of_declares_its_facts() -> None:
                 read = names_read(fn) & set(COMPONENTS[fixture].getters)
                 assert read, f"{path.name}::{name} names no declared getter of {fixture}"
     assert facades <= set(seen), sorted(facades - set(seen))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")
+def test_prefetch_starts_the_api_paths_the_checks_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A check that names its own path (api.attempt("/datasets")) has it started with every other fact
+    # when collection ends, not when the check runs: under a slow API that wait would follow the others.
+    from labcheck.components.api_gateway import Api
+    from labcheck.prefetch import COMPONENTS, Use, literals_read, names_read, starters
+    from labcheck.probes import http
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    auth, storage = importlib.import_module("checks.auth"), importlib.import_module("checks.storage")
+    started: list[str] = []
+    monkeypatch.setattr(http, "start", lambda lab, url, **kw: started.append(url))
+    lab: Any = type("FakeLab", (), {"settings": type("S", (), {"api_url": "http://api.test"})()})()
+    uses = [Use(check=fn.__name__, names=names_read(fn), literals=literals_read(fn))
+            for fn in (storage.check_datasets_endpoint_answers, auth.check_request_without_token_rejected)]
+    for start, readers in starters(COMPONENTS["api"], uses):
+        start(Api(lab), readers)
+    assert sorted(started) == ["http://api.test/datasets", "http://api.test/experiments"], started
 
 
 # --- 3 and 5. against our own sandbox ----------------------------------------------------------------
@@ -355,9 +377,11 @@ def full_run(bound_sandbox: dict[str, Any], tmp_path_factory: pytest.TempPathFac
 
 def test_sev1_runs_no_probe_only_other_checks_need(bound_sandbox: dict[str, Any], tmp_path: Path) -> None:
     logs = SandboxLogs(bound_sandbox)
-    run = run_checks(tmp_path / "reports", sandbox_env(), "-m", "sev1")
+    run, found = heavy_imports(tmp_path, sandbox_env(), "-m", "sev1")
     data = assert_written(run)
     assert run.proc.returncode == 0 and {c["outcome"] for c in data["checks"]} == {"passed"}, run.output[-3000:]
+    # Only the clients its checks use: no sev1 check reads the bucket, so boto3 is never imported.
+    assert found == {"controller": ["httpx", "kubernetes", "psycopg"]}, found
     wanted = rate_queries(bound_sandbox["settings"]["window"])
     footprint = logs.wait_for(lambda f: wanted <= set(f.queries))
     print(f"\n-m sev1 on the sandbox: {run.elapsed:.2f} s, PromQL {Counter(footprint.queries)}, "

@@ -14,7 +14,7 @@ from labcheck.components._bodies import Readiness, read_readiness
 from labcheck.config import Settings
 from labcheck.errors import NoData, NotConfigured, ProbeBadResponse
 from labcheck.lab import Lab
-from labcheck.prefetch import component, fact
+from labcheck.prefetch import Use, component, fact
 from labcheck.probes import http, prometheus
 
 
@@ -164,14 +164,14 @@ class Api:
     def url(self, path: str) -> str:
         return self.base + path
 
-    @fact(None)  # a path of the check's own: fetched when asked
+    @fact(lambda api, uses: api._start_paths(uses))  # the paths the checks name: api.attempt("/datasets")
     def attempt(self, path: str, *, token: str | None = None) -> http.Attempt:
         """GET a path once per run; a failure to answer is returned, not raised."""
         url = self.url(path)
         headers = {"Authorization": f"Bearer {token}"} if token else None
         return http.attempt(self.lab, url, headers=headers, key=f"GET {url}" + (" (with token)" if token else ""))
 
-    @fact(None)
+    @fact(lambda api, uses: api._start_paths(uses))
     def get(self, path: str, *, token: str | None = None) -> http.HttpResult:
         """GET a path once per run; no answer is UNKNOWN for whoever asked."""
         attempt = self.attempt(path, token=token)
@@ -183,6 +183,13 @@ class Api:
     def _start_path(self, path: str) -> None:
         if self.lab.settings.api_url:
             http.start(self.lab, self.url(path))
+
+    def _start_paths(self, uses: Sequence[Use]) -> None:
+        """Start, without a token, each path a selected check passes as a literal to ``attempt``/``get``;
+        a path the check builds at run time is fetched when asked."""
+        for path in dict.fromkeys(p for use in uses for p in use.literal_args("attempt", "get")):
+            if path.startswith("/"):
+                self._start_path(path)
 
     def _rate_queries(self, m: signals.SignalMap) -> tuple[str, str]:
         w, ep = self.lab.settings.window, m.endpoint_label

@@ -149,14 +149,15 @@ class AuthSignals:
         return (f"sum(rate({m.series(m.requests, status, refused)}[{w}]{off}))",
                 f"sum(rate({m.series(m.requests, status)}[{w}]{off}))")
 
-    @fact(None)  # the offsets are the check's own: it starts them itself
+    # A check that names ``start`` compares with the configured baseline: started ahead with it.
+    @fact(lambda auth, uses: auth._start_ratio(auth.lab.settings.auth_baseline_offset))
     def start(self, *offsets: str | None) -> None:
         _signals.start_queries(self.lab, f"401/403 ratio {offsets}",
                                lambda m: [q for offset in offsets for q in self._exprs(m, offset)])
 
-    def _start_ratio(self) -> None:
+    def _start_ratio(self, *offsets: str | None) -> None:
         if self.lab.settings.prometheus_url:
-            self.start(None)  # the offset ratio is started by the check, with the offset it asks
+            self.start(None, *offsets)
 
     @fact(lambda auth, uses: auth._start_ratio())
     def error_ratio(self, offset: str | None = None) -> Ratio:

@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import json
-import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from labcheck.errors import (
-    ProbeBadResponse,
-    ProbeError,
-    ProbeRefused,
-    ProbeTimeout,
-    ProbeTLSError,
-    ProbeUnreachable,
-)
+from labcheck.errors import ProbeBadResponse, ProbeError, ProbeTimeout
 
 if TYPE_CHECKING:
     from labcheck.lab import Lab
@@ -78,73 +67,6 @@ class HttpResult:
         }
 
 
-class _LazyTLS(httpx.BaseTransport):
-    """The https:// transport, built on first use.
-
-    A verifying transport loads the CA bundle when it is built: 0.15 s alone and 0.5 s on two
-    cores while every probe starts at once, which a run against plain-http targets paid before its
-    first request left. Built once, under a lock, by whichever request needs it first.
-    """
-
-    def __init__(self, limits: httpx.Limits) -> None:
-        self._limits = limits
-        self._lock = threading.Lock()
-        self._transport: httpx.HTTPTransport | None = None
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            if self._transport is None:
-                self._transport = httpx.HTTPTransport(verify=True, limits=self._limits)
-            transport = self._transport
-        return transport.handle_request(request)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._transport is not None:
-                self._transport.close()
-
-
-def _client(lab: Lab) -> httpx.Client:
-    s = lab.settings
-    timeout = httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
-    return httpx.Client(
-        timeout=timeout,
-        follow_redirects=False,
-        # Every https:// URL goes through the verifying transport mounted below; the default
-        # transport only ever carries plain http://, where there is nothing to verify.
-        verify=False,
-        mounts={"https://": _LazyTLS(limits)},
-        trust_env=False,
-        limits=limits,
-        headers={"User-Agent": "labcheck"},
-    )
-
-
-def _classify(exc: Exception, url: str, lab: Lab) -> ProbeError:
-    s = lab.settings
-    text = str(exc)
-    if isinstance(exc, httpx.ConnectTimeout):
-        return ProbeTimeout(f"timed out after {s.connect_s:g} s connecting", target=url)
-    if isinstance(exc, httpx.TimeoutException):
-        return ProbeTimeout(f"timed out after {s.read_s:g} s waiting for a response", target=url)
-    if isinstance(exc, httpx.ConnectError):
-        cause = exc.__context__ or exc.__cause__
-        lowered = text.lower()
-        if isinstance(cause, ssl.SSLError) or "certificate" in lowered or "ssl" in lowered:
-            return ProbeTLSError(f"TLS certificate not trusted ({text[:120]})", target=url)
-        if "refused" in lowered:
-            return ProbeRefused("connection refused", target=url)
-        if "name or service not known" in lowered or "name resolution" in lowered or "nodename" in lowered:
-            return ProbeUnreachable("DNS name does not resolve", target=url)
-        return ProbeUnreachable(f"cannot connect ({text[:120]})", target=url)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return ProbeBadResponse(f"connection closed mid-response ({text[:120] or type(exc).__name__})", target=url)
-    if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
-        return ProbeUnreachable(f"invalid URL ({text[:120]})", target=url)
-    return ProbeBadResponse(f"{type(exc).__name__}: {text[:160]}", target=url)
-
-
 def request(lab: Lab, url: str, *, method: str = "GET", headers: dict[str, str] | None = None) -> HttpResult:
     """Send one read-only request, read at most max_body_bytes, within the probe bound."""
     if method not in READ_ONLY_METHODS:
@@ -160,7 +82,10 @@ def post(lab: Lab, url: str, body: Any, *, headers: dict[str, str] | None = None
 
 def _send(lab: Lab, method: str, url: str, *, headers: dict[str, str], content: bytes | None = None) -> HttpResult:
     """One exchange on the run's client, reading at most max_body_bytes, within the probe bound."""
-    client = lab.client("http", lambda: _client(lab))
+    # httpx is imported on the first request, never at collection: --collect-only loads no client library.
+    from labcheck.probes import _httpx
+
+    client = lab.client("http", lambda: _httpx.client(lab))
     limit = int(lab.settings.max_body_bytes)
     deadline = time.monotonic() + lab.budget - 0.5
     started = time.monotonic()
@@ -191,8 +116,8 @@ def _send(lab: Lab, method: str, url: str, *, headers: dict[str, str], content: 
             )
     except ProbeError:
         raise
-    except httpx.HTTPError as exc:
-        raise _classify(exc, url, lab) from None
+    except _httpx.HTTPError as exc:
+        raise _httpx.classify(exc, url, lab) from None
 
 
 def _job(lab: Lab, url: str, headers: dict[str, str] | None, key: str | None) -> tuple[str, Any]:

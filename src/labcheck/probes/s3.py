@@ -5,6 +5,7 @@ boto3 is imported inside functions only, so collection and ``--collect-only`` ne
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,15 +59,51 @@ def _boto_config(lab: Lab) -> Any:
     )
 
 
-def _session(lab: Lab) -> Any:
+SERVICES = ("s3", "cloudwatch")
+
+
+class _Aws:
+    """The run's one boto3 session, shared by its clients, and the lock they are built under.
+
+    One session loads botocore's data once for both clients (a second session costs as much again);
+    a session is not safe to build clients from in two threads at once, hence the lock.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.lock = threading.Lock()
+
+
+def _session(lab: Lab) -> _Aws:
     import boto3
 
     s = lab.settings
-    return boto3.session.Session(
+    session = boto3.session.Session(
         aws_access_key_id=s.aws_access_key_id or None,
         aws_secret_access_key=s.aws_secret_access_key or None,
         region_name=s.aws_region,
     )
+    _known_services(session)
+    return _Aws(session)
+
+
+def _known_services(session: Any) -> None:
+    """Tell botocore's loader which services exist, so that it does not list its data directory to find out.
+
+    Before loading a model the loader checks that the service exists by listing every service it
+    ships (some 400 directories, listed and stat'ed, per model type): a tenth of a second of CPU
+    that every probe thread of the run waits on. We only ever ask for ``SERVICES``. The answer goes
+    into the loader's own per-instance cache; should botocore change that cache, nothing breaks: the
+    directory is listed as before.
+    """
+    try:
+        loader = session._session.get_component("data_loader")
+        cache = loader._cache
+    except Exception:  # noqa: BLE001 - only the shortcut is lost
+        return
+    if isinstance(cache, dict):
+        for type_name in ("service-2", "endpoint-rule-set-1"):
+            cache.setdefault(("list_available_services", type_name), list(SERVICES))
 
 
 def _no_retry_after_timeout(caught_exception: BaseException | None = None, **_: Any) -> bool | None:
@@ -81,7 +118,9 @@ def _no_retry_after_timeout(caught_exception: BaseException | None = None, **_: 
 
 
 def _client(lab: Lab, service: str, endpoint: str | None) -> Any:
-    client = _session(lab).client(service, endpoint_url=endpoint or None, config=_boto_config(lab))
+    aws = lab.client("aws session", lambda: _session(lab))
+    with aws.lock:
+        client = aws.session.client(service, endpoint_url=endpoint or None, config=_boto_config(lab))
     client.meta.events.register_first(f"needs-retry.{client.meta.service_model.service_id.hyphenize()}",
                                       _no_retry_after_timeout)
     return client

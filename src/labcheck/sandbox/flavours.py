@@ -33,6 +33,24 @@ FLAVOR_LIBRARY: dict[str, str] = {
     "otel": "OpenTelemetry SDK, Starlette instrumentation, Prometheus reader (stable HTTP semconv)",
 }
 
+# The API's data routes: `/experiments` and `/datasets`, and with `up --endpoints N` the same two
+# again under /s1 ... /s(N-1), each its own route (its own series in Prometheus), all with traffic.
+DATA_ROUTES = ("/experiments", "/datasets")
+
+
+def endpoint_paths(endpoints: int) -> list[str]:
+    """Every data route of an API started with ``endpoints`` endpoint sets (1: the playbook's two)."""
+    return [f"/s{i}{route}" if i else route for i in range(max(1, endpoints)) for route in DATA_ROUTES]
+
+
+def traffic_rps(endpoints: int) -> float:
+    """Background requests per second: 20, and half a request more per extra endpoint set. The
+    traffic takes the routes in turn, so at 50 sets each /datasets route still gets a request every
+    6 s, inside every 10 s rate window, while the API (one process, ten pooled connections, on the
+    same cores as everything else) is not overrun by its own clients."""
+    return 20.0 + 0.5 * (max(1, endpoints) - 1)
+
+
 # The readiness components, in this order, under their default names.
 READINESS_COMPONENTS = ("db", "auth", "storage")
 EXPERIMENTS_SHAPES = ("experiments", "items")

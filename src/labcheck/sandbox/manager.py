@@ -133,12 +133,14 @@ def up(
     progress: Callable[[str], None] | None = None,
     flavor: str | None = None,
     shape: dict[str, Any] | None = None,
+    endpoints: int | None = None,
 ) -> dict[str, Any]:
     """Bring the whole sandbox up (or find it already up) and return its state.
 
     `flavor` names the exporter library instrumenting the API and `shape` its bodies' shape
     (sandbox/flavours.py); None: what runs (or ran, for a partial sandbox started again), else
-    `playbook` and the playbook's shape.
+    `playbook` and the playbook's shape. `endpoints` (None: what runs, else 1) is how many endpoint
+    sets the API serves (flavours.endpoint_paths), with N times the traffic's routes and the API's pods.
     Idempotent: a sandbox whose recorded processes are all alive and ready is returned as is
     (whatever port_offset says) unless it runs another flavour or shape than asked, which is an
     error; a partial one is torn down first and started clean.
@@ -157,7 +159,7 @@ def up(
             existing = None
         if existing is not None:
             if services.healthy(existing):
-                _same_platform(d, existing, flavor, shape)
+                _same_platform(d, existing, flavor, shape, endpoints)
                 say("sandbox already up")
                 return existing
             say("sandbox partially up: stopping the leftovers first")
@@ -165,21 +167,28 @@ def up(
             # Started again as it was, unless asked otherwise.
             flavor = flavor or existing.get("flavor")
             shape = shape or existing.get("shape")
+            endpoints = endpoints or existing.get("endpoints")
         elif pid_alive(postmaster_pid(d / "pgdata"), "postgres"):
             _down_unlocked(d, None)
         return _up_unlocked(d, port_offset, log_statements, timeout, say,
                             check_flavor(flavor or DEFAULT_FLAVOR),
-                            check_shape({**SHAPE_DEFAULTS, **(shape or {})}))
+                            check_shape({**SHAPE_DEFAULTS, **(shape or {})}), max(1, endpoints or 1))
 
 
 def _same_platform(
-    d: Path, state: dict[str, Any], flavor: str | None, shape: dict[str, Any] | None
+    d: Path, state: dict[str, Any], flavor: str | None, shape: dict[str, Any] | None,
+    endpoints: int | None = None,
 ) -> None:
     """Refuse to hand back a running sandbox of another flavour or shape than asked."""
     running = state.get("flavor", DEFAULT_FLAVOR)
     if flavor is not None and flavor != running:
         raise SandboxError(
             f"the sandbox in {d} runs flavour {running}, not {flavor}: `labcheck sandbox down` first"
+        )
+    if endpoints is not None and endpoints != state.get("endpoints", 1):
+        raise SandboxError(
+            f"the sandbox in {d} serves {state.get('endpoints', 1)} endpoint set(s), not {endpoints}: "
+            "`labcheck sandbox down` first"
         )
     if shape is not None and shape != state.get("shape", SHAPE_DEFAULTS):
         raise SandboxError(
@@ -195,6 +204,7 @@ def _up_unlocked(
     say: Callable[[str], None],
     flavor: str,
     shape: dict[str, Any],
+    endpoints: int = 1,
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     prom_bin = find_binary("/usr/bin/prometheus", "prometheus")
@@ -215,10 +225,10 @@ def _up_unlocked(
     ids = pg_ids()
     if ids:
         check_traversable(d, *ids)
-    plan = services.Plan.new(d, p, flavor, shape)
+    plan = services.Plan.new(d, p, flavor, shape, endpoints)
     services.write_configs(plan)
     state = new_state(d, plan.sec)
-    state["flavor"], state["shape"] = flavor, shape
+    state["flavor"], state["shape"], state["endpoints"] = flavor, shape, plan.endpoints
     st = Starter(d, state, deadline)
     st.save()
     try:

@@ -16,7 +16,13 @@ from typing import Any
 
 import httpx
 
-from labcheck.sandbox.flavours import DEFAULT_FLAVOR, REQUEST_COUNTER, SHAPE_DEFAULTS
+from labcheck.sandbox.flavours import (
+    DEFAULT_FLAVOR,
+    REQUEST_COUNTER,
+    SHAPE_DEFAULTS,
+    endpoint_paths,
+    traffic_rps,
+)
 from labcheck.sandbox.postgres import APP_ROLE, LABCHECK_ROLE, dsn
 from labcheck.sandbox.processes import Starter, pid_alive
 from labcheck.sandbox.state import (
@@ -58,10 +64,11 @@ class Plan:
     # The exporter library that instruments the API, and its bodies' shape (sandbox/flavours.py).
     flavor: str = DEFAULT_FLAVOR
     shape: dict[str, Any] = field(default_factory=lambda: dict(SHAPE_DEFAULTS))
+    endpoints: int = 1  # endpoint sets of the API (`up --endpoints N`): N x the routes, pods and series
 
     @classmethod
     def new(cls, d: Path, ports: dict[str, int], flavor: str = DEFAULT_FLAVOR,
-            shape: dict[str, Any] | None = None) -> Plan:
+            shape: dict[str, Any] | None = None, endpoints: int = 1) -> Plan:
         """Fresh secrets and the kube stand-in's TLS files for a sandbox in d on ports."""
         sec = new_secrets()
         url = {name: f"http://{HOST}:{port}" for name, port in ports.items()}
@@ -70,7 +77,7 @@ class Plan:
 
         ensure_tls_files(kube_ca(d), d / "kube-tls.key")
         return cls(d, ports, url, sec, _make_token(sec["jwt_secret"]), flavor,
-                   dict(shape or SHAPE_DEFAULTS))
+                   dict(shape or SHAPE_DEFAULTS), max(1, endpoints))
 
     @property
     def kubeconfig(self) -> Path:
@@ -110,7 +117,8 @@ def write_configs(plan: Plan) -> None:
             "jwt_secret": sec["jwt_secret"],
             "admin_key": sec["admin_key"],
             "quota_bytes": QUOTA_BYTES,
-            "traffic_rps": 20,
+            "traffic_rps": traffic_rps(plan.endpoints),
+            "endpoints": plan.endpoints,
             "state_dir": str(d),
             "flavor": plan.flavor,
             **plan.shape,
@@ -137,7 +145,11 @@ def write_configs(plan: Plan) -> None:
             "tls_cert": kube_ca(d),
             "tls_key": str(d / "kube-tls.key"),
             "planted": {"db_password": sec["app_db_password"], "bearer": test_token},
+<<<<<<< HEAD
             "api_log": str(d / "logs" / "api-app.log"),
+=======
+            "endpoints": plan.endpoints,
+>>>>>>> speed
         },
     }
     for name, cfg in configs.items():
@@ -166,10 +178,15 @@ def settings(plan: Plan) -> dict[str, Any]:
         "s3_quota_bytes": QUOTA_BYTES,
         # Time is compressed in the sandbox: S3 error history is judged over a minute, not an hour.
         "s3_error_window": "1m",
+<<<<<<< HEAD
         # ... and the log windows of the log-pattern checks (the read itself still reaches 30 minutes back).
         "log_error_window_s": 20,
         "log_storage_window_s": 20,
         "log_auth_window_s": 20,
+=======
+        # Every data route, checked one by one: with `up --endpoints N`, all 2N of them.
+        **({"api_endpoints": endpoint_paths(plan.endpoints)} if plan.endpoints > 1 else {}),
+>>>>>>> speed
     }
 
 

@@ -27,7 +27,7 @@ from labcheck.sandbox.api.faults import Faults
 from labcheck.sandbox.api.instrument import instrument
 from labcheck.sandbox.api.platform import Platform
 from labcheck.sandbox.api.settings import ApiSettings, first_line, log
-from labcheck.sandbox.flavours import READINESS_COMPONENTS
+from labcheck.sandbox.flavours import READINESS_COMPONENTS, endpoint_paths
 from labcheck.sandbox.serve import admin_key_ok, fault_params
 
 REALM = "llm-research"
@@ -293,9 +293,9 @@ def create_app(settings: ApiSettings) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", ready, methods=["GET"]),
-        Route("/experiments", experiments, methods=["GET"]),
         Route("/experiments", submit_experiment, methods=["POST"]),
-        Route("/datasets", datasets, methods=["GET"]),
+        *(Route(path, experiments if path.endswith("/experiments") else datasets, methods=["GET"])
+          for path in endpoint_paths(settings.endpoints)),
         Route("/docs", docs, methods=["GET"]),
         Route("/admin/faults/{name}", admin_fault, methods=["POST"]),
         Route("/admin/faults", admin_faults, methods=["GET", "DELETE"]),

@@ -37,6 +37,7 @@ class ApiSettings:
     quota_bytes: int = 1024**3
     traffic_rps: float = 20.0
     traffic_concurrency: int = 0
+    endpoints: int = 1  # endpoint sets: /experiments and /datasets, then under /s1 ... (flavours.endpoint_paths)
     state_dir: str = ""
     grant_select_to: list[str] = field(default_factory=list)
     # Which exporter library instruments the API (labcheck.sandbox.flavours.FLAVORS) and the

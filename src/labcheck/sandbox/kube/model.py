@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,11 @@ class KubeConfig:
     planted: dict[str, str] = field(default_factory=dict)
     tls_cert: str | None = None  # both set: serve HTTPS (created self-signed if missing)
     tls_key: str | None = None
+<<<<<<< HEAD
     api_log: str | None = None  # the sandbox API's log file, served as the API pods' logs
+=======
+    endpoints: int = 1  # `up --endpoints N`: N times the API's pods
+>>>>>>> speed
 
     @property
     def scheme(self) -> str:
@@ -69,7 +73,11 @@ class KubeConfig:
             planted={str(k): str(v) for k, v in planted.items()},
             tls_cert=raw.get("tls_cert") or None,
             tls_key=raw.get("tls_key") or None,
+<<<<<<< HEAD
             api_log=raw.get("api_log") or None,
+=======
+            endpoints=max(1, int(raw.get("endpoints", 1))),
+>>>>>>> speed
         )
 
 
@@ -294,5 +302,8 @@ class Cluster:
 
     def __init__(self, cfg: KubeConfig, boot: float | None = None) -> None:
         self.cfg = cfg
+        # The apps it runs: the API scaled with its endpoint sets (N times the pods, N times their series).
+        api = APPS[API]
+        self.apps = {**APPS, API: replace(api, replicas=api.replicas * cfg.endpoints)}
         self.boot = float(int(boot if boot is not None else time.time()))
         self.faults: dict[str, Fault] = {}

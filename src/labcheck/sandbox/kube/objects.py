@@ -74,7 +74,7 @@ def snapshot(cluster: Cluster, now: float | None = None) -> Snapshot:
     replicasets: list[Obj] = []
     node_objs = [nodes.node(cluster, name, now, faults, events) for name in NODES]
 
-    for app in APPS.values():
+    for app in cluster.apps.values():
         revs = revisions(cluster, app)
         current = revs[-1]
         dep_uid = uid_for("deployment", app.name)
@@ -154,7 +154,8 @@ def _pod(cluster: Cluster, app: AppSpec, rev: Revision, i: int) -> PodModel:
     created = _pod_created(rev, i)
     node = app.nodes[i % len(app.nodes)]
     node_idx = NODES.index(node)
-    ip = f"10.244.{node_idx + 1}.{20 + 10 * list(APPS).index(app.name) + i}"
+    # Ten pods per app and /16 (more with `up --endpoints`): the first ten keep their addresses.
+    ip = f"10.{244 + i // 10}.{node_idx + 1}.{20 + 10 * list(APPS).index(app.name) + i % 10}"
     started = created + 3
     pod = PodModel(
         app=app,
