@@ -145,11 +145,8 @@ def write_configs(plan: Plan) -> None:
             "tls_cert": kube_ca(d),
             "tls_key": str(d / "kube-tls.key"),
             "planted": {"db_password": sec["app_db_password"], "bearer": test_token},
-<<<<<<< HEAD
             "api_log": str(d / "logs" / "api-app.log"),
-=======
             "endpoints": plan.endpoints,
->>>>>>> speed
         },
     }
     for name, cfg in configs.items():
@@ -178,15 +175,12 @@ def settings(plan: Plan) -> dict[str, Any]:
         "s3_quota_bytes": QUOTA_BYTES,
         # Time is compressed in the sandbox: S3 error history is judged over a minute, not an hour.
         "s3_error_window": "1m",
-<<<<<<< HEAD
         # ... and the log windows of the log-pattern checks (the read itself still reaches 30 minutes back).
         "log_error_window_s": 20,
         "log_storage_window_s": 20,
         "log_auth_window_s": 20,
-=======
         # Every data route, checked one by one: with `up --endpoints N`, all 2N of them.
         **({"api_endpoints": endpoint_paths(plan.endpoints)} if plan.endpoints > 1 else {}),
->>>>>>> speed
     }
 
 

@@ -7,11 +7,7 @@ import contextlib
 import itertools
 import math
 import random
-<<<<<<< HEAD
-from collections.abc import AsyncIterator, Callable
-=======
-from collections.abc import Callable, Iterator, Mapping
->>>>>>> speed
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 
 import httpx
 
@@ -67,22 +63,10 @@ async def traffic(settings: ApiSettings, client_token: Callable[[str], str]) -> 
                 if (await client.get("/health")).status_code == 200:
                     break
             await asyncio.sleep(0.2)
-<<<<<<< HEAD
-        async for _ in ticks(s.traffic_rps):
-=======
-        interval = 1.0 / s.traffic_rps
         # Every endpoint set gets its share: the data routes under each prefix ("" for the first), in turn.
         prefixes = [p.removesuffix(DATA_ROUTES[0]) for p in endpoint_paths(s.endpoints) if p.endswith(DATA_ROUTES[0])]
         turns = {route: itertools.cycle(prefixes) for route in DATA_ROUTES}
-        next_at = loop.time()
-        while True:
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif delay < -1.0:
-                next_at = loop.time()
->>>>>>> speed
+        async for _ in ticks(s.traffic_rps):
             if sem.locked():
                 continue
             await sem.acquire()
@@ -92,28 +76,17 @@ async def traffic(settings: ApiSettings, client_token: Callable[[str], str]) -> 
 
 
 async def _one_request(
-<<<<<<< HEAD
-    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[str], str]
-=======
-    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[], str],
+    client: httpx.AsyncClient, sem: asyncio.Semaphore, client_token: Callable[[str], str],
     turns: Mapping[str, Iterator[str]],
->>>>>>> speed
 ) -> None:
     try:
         roll = random.random()
         forwarded = {"X-Forwarded-For": random.choice(CLIENTS)}
         if roll < 0.6:
-<<<<<<< HEAD
             headers = {"Authorization": f"Bearer {client_token(random.choice(SUBJECTS))}", **forwarded}
-            await client.get("/experiments", headers=headers)
-        elif roll < 0.8:
-            await client.get("/datasets", headers=forwarded)
-=======
-            headers = {"Authorization": f"Bearer {client_token()}"}
             await client.get(next(turns["/experiments"]) + "/experiments", headers=headers)
         elif roll < 0.8:
-            await client.get(next(turns["/datasets"]) + "/datasets")
->>>>>>> speed
+            await client.get(next(turns["/datasets"]) + "/datasets", headers=forwarded)
         elif roll < 0.9:
             await client.get("/health")
         else:

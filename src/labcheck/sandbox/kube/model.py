@@ -42,11 +42,8 @@ class KubeConfig:
     planted: dict[str, str] = field(default_factory=dict)
     tls_cert: str | None = None  # both set: serve HTTPS (created self-signed if missing)
     tls_key: str | None = None
-<<<<<<< HEAD
     api_log: str | None = None  # the sandbox API's log file, served as the API pods' logs
-=======
     endpoints: int = 1  # `up --endpoints N`: N times the API's pods
->>>>>>> speed
 
     @property
     def scheme(self) -> str:
@@ -73,11 +70,8 @@ class KubeConfig:
             planted={str(k): str(v) for k, v in planted.items()},
             tls_cert=raw.get("tls_cert") or None,
             tls_key=raw.get("tls_key") or None,
-<<<<<<< HEAD
             api_log=raw.get("api_log") or None,
-=======
             endpoints=max(1, int(raw.get("endpoints", 1))),
->>>>>>> speed
         )
 
 
