@@ -36,6 +36,9 @@ config.declare(
                "logs (Scenario 1's --since=10m; at most log_since_s)"),
     config.Key("log_error_lines_per_min", config.PARSERS["positive"], 10.0,
                "Error-line surge: more error/panic/fatal lines per minute than this, summed over the API pods, fails"),
+    config.Key("log_lines_min", config.PARSERS["count"], 5,
+               "Error-line surge and S3 errors: fewer matching lines than this in the window is a blip, not a "
+               "surge (one failed call in a short window is a high rate of nothing)"),
     config.Key("log_storage_window_s", config.PARSERS["positive"], 1800.0,
                "S3 errors in the logs: counted over the last N seconds (Scenario 5's --since=30m; at most log_since_s)"),
     config.Key("log_s3_errors_per_min", config.PARSERS["positive"], 1.0,
