@@ -45,6 +45,10 @@ README_SETTINGS = {
     "window",
     "s3_quota_bytes",
     "s3_error_window",
+    # the log-pattern checks' windows, compressed like the S3 error window
+    "log_error_window_s",
+    "log_storage_window_s",
+    "log_auth_window_s",
 }
 
 pytestmark = [
