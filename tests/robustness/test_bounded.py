@@ -280,7 +280,9 @@ def test_prefetch_starts_the_api_paths_the_checks_name(monkeypatch: pytest.Monke
             for fn in (storage.check_datasets_endpoint_answers, auth.check_request_without_token_rejected)]
     for start, readers in starters(COMPONENTS["api"], uses):
         start(Api(lab), readers)
-    assert sorted(started) == ["http://api.test/datasets", "http://api.test/experiments"], started
+    # (/health too: the datasets check asks it whether the API answers at all before blaming storage.)
+    assert sorted(started) == ["http://api.test/datasets", "http://api.test/experiments",
+                               "http://api.test/health"], started
 
 
 # --- 3 and 5. against our own sandbox ----------------------------------------------------------------
