@@ -156,9 +156,6 @@ class SignalMap:
     def describe(self) -> str:
         return self.why if self.why.startswith("auto:") else f"{self.name}: {self.why}"
 
-    def request_fields(self) -> dict[str, str]:
-        return {f: str(getattr(self, f)) for f in REQUEST_FIELDS}
-
 
 REQUEST_FIELDS = ("requests", "duration", "endpoint_label", "status_label", "status_match")
 
