@@ -280,13 +280,13 @@ def resolution_markdown(data: Mapping[str, Any], *, gate: GateEvidence | None = 
         "**Resolution:** [What fixed it]",
         "",
     ]
+    read_through = [f"Signals read through: {data['signals']}"] if data.get("signals") else []
     if gate is None:
         lines.append(f"**Verified by labcheck at {datetime.fromisoformat(finished):%Y-%m-%d %H:%M UTC}:** "
                      f"{data.get('target')}")
+        lines += read_through
     else:
-        lines += [f"**Verification:** {_gate_verification(gate, data)}.", "", "**Health evidence:**"]
-    if data.get("signals"):
-        lines.insert(len(lines) - (3 if gate is not None else 0), f"Signals read through: {data['signals']}")
+        lines += [*read_through, f"**Verification:** {_gate_verification(gate, data)}.", "", "**Health evidence:**"]
     said = "observed " if gate is None else ""
     for c in data.get("checks", []):
         if c["outcome"] != "passed":
