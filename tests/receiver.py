@@ -2,7 +2,8 @@
 
 ``Receiver(statuses=[500, 202])`` answers the first request 500, then 202 from then on;
 ``Receiver(hang=True)`` reads the request and never answers until closed; ``Receiver(trickle=True)``
-answers 200 with a body it sends one byte at a time, every 0.2 s (no read timeout ever fires). Unlike ``standin.StandIn``
+answers 200 with a body it sends one byte at a time, every 0.2 s (no read timeout ever fires);
+``Receiver(statuses=[500], delay=1.0)`` answers each request a second late. Unlike ``standin.StandIn``
 (which answers GETs from a function and drops bodies), it keeps what it was sent.
 """
 
@@ -28,7 +29,8 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, *, statuses: list[int] | None = None, hang: bool = False, trickle: bool = False) -> None:
+    def __init__(self, *, statuses: list[int] | None = None, hang: bool = False, trickle: bool = False,
+                 delay: float = 0.0) -> None:
         self.requests: list[Received] = []
         self._statuses = list(statuses or [200])
         self._released = threading.Event()
@@ -54,6 +56,8 @@ class Receiver:
                         self.wfile.write(b" ")
                         self.wfile.flush()
                     return
+                if delay:
+                    receiver._released.wait(delay)
                 status = receiver._statuses.pop(0) if len(receiver._statuses) > 1 else receiver._statuses[0]
                 reply = json.dumps({"status": "success" if status < 300 else "error"}).encode()
                 self.send_response(status)

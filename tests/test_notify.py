@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -328,7 +329,7 @@ def test_a_500_is_retried_once_then_failed_and_not_recorded(settings: config.Set
     assert not delivery.ok and delivery.detail.startswith("HTTP 500 (attempt 2)"), delivery
     assert delivery.detail.endswith("after 2 attempts")
     assert len(failing.requests) == 2
-    assert not (tmp_path / "notify-sent.json").exists()
+    assert json.loads((tmp_path / "notify-sent.json").read_text())["incidents"] == {}  # marked, then taken back
 
 
 def test_a_500_then_202_is_delivered_on_the_second_attempt(settings: config.Settings, tmp_path: Path) -> None:
@@ -383,6 +384,62 @@ def test_each_message_is_sent_once_across_a_restart(receiver: Receiver, settings
     [(target_id, entry), _] = record["incidents"]["inc-1"].items()
     assert entry["update"]["count"] == 2 and set(entry) >= {"declaration", "update", "resolution", "target"}
     assert ROUTING_KEY not in (tmp_path / "notify-sent.json").read_text()
+
+
+def test_each_target_is_recorded_when_it_answers_not_when_the_slowest_does(settings: config.Settings,
+                                                                           tmp_path: Path) -> None:
+    """A watcher killed while one receiver is still being retried has recorded the others (issue 15)."""
+    quick, hung = Receiver(statuses=[202]), Receiver(hang=True)
+    urls = [f"pagerduty+{quick.url}/v2/enqueue?routing_key={ROUTING_KEY}", f"webhook+{hung.url}/hook"]
+    ledger = tmp_path / "notify-sent.json"
+    try:
+        first = notifier(urls, settings, tmp_path)
+        sender = threading.Thread(target=first.send, kwargs={"kind": "declaration", "key": "inc-1", "text": "t",
+                                                             "data": verdict()}, daemon=True)
+        sender.start()
+        deadline = time.monotonic() + 10
+        records: dict[str, Any] = {}
+        while time.monotonic() < deadline and sender.is_alive():
+            records = json.loads(ledger.read_text())["incidents"].get("inc-1", {}) if ledger.exists() else {}
+            if any("declaration" in r for r in records.values()) and hung.requests:
+                break
+            time.sleep(0.01)
+        # Recorded while the hung receiver still holds the sender: the record did not wait for it.
+        assert sender.is_alive() and len(hung.requests) == 1, (records, hung.requests)
+        pd, hook = (t.id for t in first.targets)
+        assert "declaration" in records[pd] and "sending" not in records[pd]
+        assert records[hook]["sending"]["kind"] == "declaration"  # still in flight
+        # The watcher is "killed" here; its successor sends the declaration again.
+        again = notifier(urls, settings, tmp_path).send("declaration", key="inc-1", text="t", data=verdict())
+    finally:
+        quick.close()
+        hung.close()
+    assert len(quick.requests) == 1 and again[0].skipped, again  # PagerDuty: not sent twice
+    # The webhook was cut off mid-POST, so it may have arrived: sent again, and it says so.
+    assert "sent again" in again[1].detail and len(hung.requests) == 2, again
+    assert hung.requests[1].json["possibly_repeated"] is True and hung.requests[0].json["possibly_repeated"] is False
+
+
+def test_a_message_cut_off_mid_post_is_sent_again_marked_as_a_possible_repeat(receiver: Receiver,
+                                                                             settings: config.Settings,
+                                                                             tmp_path: Path) -> None:
+    n = notifier([f"slack+{receiver.url}/services/x"], settings, tmp_path)
+    [target] = n.targets
+    from labcheck.notify import content_hash
+
+    mark = {"kind": "declaration", "hash": content_hash("declared", verdict()), "at": "2026-11-30T12:00:00Z"}
+    (tmp_path / "notify-sent.json").write_text(json.dumps(
+        {"version": 1, "incidents": {"inc-1": {target.id: {"sending": mark}}}}))
+    [delivery] = n.send("declaration", key="inc-1", text="declared", data=verdict())
+    assert delivery.ok and delivery.detail.startswith("sent again, as the last watcher stopped while sending it")
+    [sent] = receiver.bodies()
+    assert sent["text"].startswith("_(Sent again: labcheck stopped while sending this message")
+    assert sent["text"].endswith("declared")
+    entry = json.loads((tmp_path / "notify-sent.json").read_text())["incidents"]["inc-1"][target.id]
+    assert "declaration" in entry and "sending" not in entry
+    # Another message (an update) after a cut-off declaration is not marked.
+    [update] = n.send("update", key="inc-1", text="update 1", data=verdict())
+    assert update.ok and "sent again" not in update.detail and not receiver.bodies()[1]["text"].startswith("_(")
 
 
 def test_another_incident_key_is_another_incident(receiver: Receiver, settings: config.Settings,

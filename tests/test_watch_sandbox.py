@@ -98,17 +98,15 @@ def kinds(s: dict[str, Any]) -> list[str]:
     return [m["kind"] for m in incident(s).get("messages") or []]
 
 
-# Known defect, issue 15 still open: a watcher killed between a POST and its record in notify-sent.json
-# re-sends that message when restarted (seen once in CI: two PagerDuty declarations, same dedup key).
-@pytest.mark.xfail(strict=False, reason="issue 15: a kill between a POST and its record re-sends the declaration")
 def test_fault_declared_raised_lowered_survives_a_kill_and_resolves(healed: Any, tmp_path: Path,
                                                                     watches: list[Watch]) -> None:
     reports = tmp_path / "reports"
-    pagerduty, broken = Receiver(statuses=[202]), Receiver(statuses=[500])
+    # The broken receiver answers late: each message keeps it busy for two slow 500s and the back-off.
+    pagerduty, broken = Receiver(statuses=[202]), Receiver(statuses=[500], delay=1.0)
     notify = ["--notify", f"pagerduty+{pagerduty.url}/v2/enqueue?routing_key={ROUTING_KEY}",
               "--notify", f"webhook+{broken.url}/hook"]
     try:
-        inc = _fault_to_resolution(healed, reports, watches, notify)
+        inc = _fault_to_resolution(healed, reports, watches, notify, broken)
     finally:
         pagerduty.close()
         broken.close()
@@ -120,7 +118,16 @@ def test_fault_declared_raised_lowered_survives_a_kill_and_resolves(healed: Any,
     assert broken.requests, "the failing receiver was not even tried"
 
 
-def _fault_to_resolution(healed: Any, reports: Path, watches: list[Watch], notify: list[str]) -> dict[str, Any]:
+def _recorded(reports: Path, key: str, target: str, kind: str) -> bool:
+    try:
+        records = json.loads((reports / "notify-sent.json").read_text())["incidents"].get(key, {})
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(kind in r and str(r.get("target", "")).startswith(target) for r in records.values())
+
+
+def _fault_to_resolution(healed: Any, reports: Path, watches: list[Watch], notify: list[str],
+                         broken: Receiver) -> dict[str, Any]:
     w1 = Watch(reports, "--interval", f"{INTERVAL:g}s", *notify, *SELECT)
     watches.append(w1)
     w1.wait(lambda s: s["round"] >= 1, "a first, healthy round")
@@ -134,6 +141,10 @@ def _fault_to_resolution(healed: Any, reports: Path, watches: list[Watch], notif
     assert kinds(s) == ["declaration"]
     assert "INCIDENT DECLARED" in (reports / inc["messages"][0]["file"]).read_text()
     key, started = inc["key"], inc["started_at"]
+    # Killed while the slow webhook still holds its first attempt, once PagerDuty's declaration is on record:
+    # before, the record waited for the slowest receiver, and the restarted watcher declared again.
+    w1.wait(lambda s: len(broken.requests) == 1 and _recorded(reports, key, "pagerduty+", "declaration"),
+            "PagerDuty's declaration on record while the webhook is still being tried")
 
     w1.kill()  # mid-incident, without a chance to save anything more
     w2 = Watch(reports, "--interval", f"{INTERVAL:g}s", "--until-resolved", *notify, *SELECT)

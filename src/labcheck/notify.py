@@ -17,7 +17,7 @@ What each receives, one POST per message (``application/json``):
   the resolution, all with ``dedup_key`` = the incident's key, so they act on one alert. The
   summary is the probable cause (at most 1024 characters); SEV-1..4 map to critical, error,
   warning, info.
-- Webhook: ``{"source": "labcheck", "kind", "key", "sent_at", "text", "triage"}``, the triage
+- Webhook: ``{"source": "labcheck", "kind", "key", "sent_at", "text", "triage", "possibly_repeated"}``, the triage
   being the verdict (triage.json's shape).
 
 Every body is redacted before it is sent; PagerDuty's routing key is put into its own field
@@ -29,6 +29,9 @@ dead or hanging receiver costs that, then is a ``Delivery(ok=False)``, never an 
 Each message is sent once: ``sent_path`` records, per incident key and target, the declaration,
 the last update's content hash, and the resolution, so a restarted watcher does not send them
 again, and an update goes out only when its content (text, severity, probable cause) changed.
+Each target's record is written the moment it answers (``labcheck.notify_ledger``); only a
+watcher killed during the POST itself leaves a message that may be sent twice, and the second
+copy says so.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -49,6 +51,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from labcheck.config import Settings
 from labcheck.errors import ConfigError
 from labcheck.evidence import MASK, mask_params
+from labcheck.notify_ledger import SentLedger, already, answered, interrupted, sending
 from labcheck.timefmt import iso_utc
 
 log = logging.getLogger("labcheck.notify")
@@ -64,6 +67,8 @@ DEDUP_KEY_MAX = 255
 SLACK_TEXT_MAX = 40_000  # Slack truncates a message's text beyond this
 ATTEMPTS = 2
 BACKOFF_S = 0.5
+MAYBE_ARRIVED = "the message may have arrived"
+AGAIN_NOTE = "_(Sent again: labcheck stopped while sending this message, which may have arrived already.)_\n\n"
 _USAGE = ("use slack+https://..., pagerduty://ROUTING_KEY, pagerduty+https://HOST/PATH?routing_key=KEY "
           "or webhook+https://...")
 
@@ -241,14 +246,19 @@ def pagerduty_event(kind: str, key: str, text: str, data: Mapping[str, Any], now
             "payload": {k: v for k, v in payload.items() if v not in (None, "")}}
 
 
-def body(target: Target, kind: str, *, key: str, text: str, data: Mapping[str, Any], now: float) -> dict[str, Any]:
-    """What one target receives for one message, before redaction."""
+def body(target: Target, kind: str, *, key: str, text: str, data: Mapping[str, Any], now: float,
+         again: bool = False) -> dict[str, Any]:
+    """What one target receives for one message, before redaction.
+
+    ``again``: the last watcher stopped while posting this message, so it may have arrived. Slack's
+    text and the webhook's body say so; PagerDuty folds a repeated trigger into the same alert.
+    """
     if target.kind == "slack":
-        return {"text": _clip(text, SLACK_TEXT_MAX)}
+        return {"text": _clip((AGAIN_NOTE + text) if again else text, SLACK_TEXT_MAX)}
     if target.kind == "pagerduty":
         return pagerduty_event(kind, key, text, data, now)
     return {"source": "labcheck", "kind": kind, "key": key, "sent_at": iso_utc(now), "text": text,
-            "triage": dict(data)}
+            "triage": dict(data), "possibly_repeated": again}
 
 
 def _scrub(value: Any, redact: Callable[[str], str]) -> Any:
@@ -284,83 +294,6 @@ def content_hash(text: str, data: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, default=str).encode()).hexdigest()[:16]
 
 
-# --- what has been sent ---------------------------------------------------------------------
-
-
-class SentLedger:
-    """``sent_path``: per incident key and target id, what was delivered (a JSON file, replaced whole)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.warnings: list[str] = []
-
-    def load(self) -> dict[str, Any]:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            self._warn(f"cannot read {self.path} ({exc.strerror}): notifications may be sent again")
-            return {}
-        try:
-            doc = json.loads(raw)
-            incidents = doc["incidents"]
-            if doc.get("version") != 1 or not isinstance(incidents, dict) or not all(
-                    isinstance(v, dict) and all(isinstance(r, dict) for r in v.values()) for v in incidents.values()):
-                raise ValueError("not a labcheck sent file")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            try:
-                os.replace(self.path, aside)
-                where = f"moved aside to {aside.name}"
-            except OSError as err:
-                where = f"could not be moved aside ({err.strerror})"
-            self._warn(f"{self.path} is corrupt ({_one_line(str(exc))[:80]}), {where}; starting a new record")
-            return {}
-        return incidents
-
-    def save(self, incidents: Mapping[str, Any]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"version": 1, "incidents": incidents}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            self._warn(f"cannot write {self.path} ({exc.strerror}): a restart may send these again")
-
-    def _warn(self, message: str) -> None:
-        log.warning("labcheck notify: %s", message)
-        self.warnings.append(message)
-
-
-def already(kind: str, record: Mapping[str, Any], digest: str) -> str | None:
-    """Why this message need not go to this target again, or None."""
-    if kind in ("declaration", "resolution") and kind in record:
-        return f"{kind} already sent at {_entry(record, kind).get('at', '?')}"
-    if kind == "update":
-        if "resolution" in record:
-            return "incident already resolved"
-        if record.get("last_hash") == digest:
-            return f"unchanged since the message sent at {record.get('last_at')}"
-    return None
-
-
-def _entry(record: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
-    entry = record.get(kind)
-    return entry if isinstance(entry, Mapping) else {}
-
-
-def _remember(record: dict[str, Any], kind: str, target: Target, digest: str, at: str) -> None:
-    record["target"] = target.name
-    if kind == "update":
-        previous = _entry(record, "update").get("count", 0)
-        count = previous + 1 if isinstance(previous, int) else 1
-        record["update"] = {"at": at, "hash": digest, "count": count}
-    else:
-        record[kind] = {"at": at}
-    record["last_hash"], record["last_at"] = digest, at
-
-
 # --- sending --------------------------------------------------------------------------------
 
 
@@ -391,39 +324,48 @@ class Notifier:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
         digest = content_hash(text, data)
         now = time.time()
+        at = iso_utc(now)
         with self._lock:
-            incidents = self.ledger.load()
-            records = incidents.setdefault(key, {})
+            records = self.ledger.records(key)
             results: dict[str, Delivery] = {}
             todo: list[Target] = []
+            again: set[str] = set()
             for target in self.targets:
-                reason = already(kind, records.get(target.id, {}), digest)
+                record = records.get(target.id, {})
+                reason = already(kind, record, digest)
                 if reason:
                     results[target.id] = Delivery(target.name, True, reason, skipped=True)
-                else:
-                    todo.append(target)
-            posted = self._post_all(todo, kind, key=key, text=text, data=data, now=now)
-            for target in todo:
-                delivery = posted[target.id]
-                results[target.id] = delivery
+                    continue
+                todo.append(target)
+                if interrupted(kind, record, digest):
+                    again.add(target.id)
+            if todo:
+                self.ledger.update(key, [t.id for t in todo], sending(kind, digest, at))
+
+            def done(target: Target, delivery: Delivery) -> None:
+                # Recorded as soon as this target answered: a slower one does not widen the window in
+                # which a killed watcher has sent a message without saying so.
+                self.ledger.update(key, [target.id], answered(kind, target.name, digest, at, ok=delivery.ok,
+                                                              maybe_arrived=MAYBE_ARRIVED in delivery.detail))
                 log.info("labcheck notify: %s %s -> %s: %s", kind, key, target.name,
                          ("sent, " if delivery.ok else "failed, ") + delivery.detail)
-                if delivery.ok:
-                    _remember(records.setdefault(target.id, {}), kind, target, digest, iso_utc(now))
-            if any(d.ok and not d.skipped for d in results.values()):
-                self.ledger.save({k: v for k, v in incidents.items() if v})
+
+            results.update(self._post_all(todo, kind, key=key, text=text, data=data, now=now, again=again,
+                                          done=done))
         return [results[t.id] for t in self.targets]
 
-    def _post_all(self, targets: Sequence[Target], kind: str, *, key: str, text: str,
-                  data: Mapping[str, Any], now: float) -> dict[str, Delivery]:
+    def _post_all(self, targets: Sequence[Target], kind: str, *, key: str, text: str, data: Mapping[str, Any],
+                  now: float, again: set[str], done: Callable[[Target, Delivery], None]) -> dict[str, Delivery]:
         """Every target at once, each in a daemon thread: a hung one is abandoned at the budget."""
         deadline = time.monotonic() + self.budget_s
         results: dict[str, Delivery] = {}
         threads = []
         for target in targets:
             def run(target: Target = target) -> None:
-                results[target.id] = self._deliver(target, kind, key=key, text=text, data=data,
-                                                   now=now, deadline=deadline)
+                delivery = self._deliver(target, kind, key=key, text=text, data=data, now=now,
+                                         deadline=deadline, again=target.id in again)
+                done(target, delivery)
+                results[target.id] = delivery
             thread = threading.Thread(target=run, name=f"labcheck-notify-{target.id[:6]}", daemon=True)
             thread.start()
             threads.append(thread)
@@ -433,13 +375,15 @@ class Notifier:
         return {t.id: results.get(t.id) or Delivery(t.name, False, late) for t in targets}
 
     def _deliver(self, target: Target, kind: str, *, key: str, text: str, data: Mapping[str, Any],
-                 now: float, deadline: float) -> Delivery:
+                 now: float, deadline: float, again: bool) -> Delivery:
         try:
-            doc = body(target, kind, key=key, text=text, data=data, now=now)
+            doc = body(target, kind, key=key, text=text, data=data, now=now, again=again)
             content = redacted_json(doc, self.redact, routing_key=target.routing_key)
             ok, detail = self._post(target, content, deadline)
         except Exception as exc:  # noqa: BLE001 - a notification never breaks the caller's round
             ok, detail = False, f"{type(exc).__name__}: {exc}"
+        if again:
+            detail = f"sent again, as the last watcher stopped while sending it: {detail}"
         return Delivery(target.name, ok, self._shown(target, detail))
 
     def _shown(self, target: Target, detail: str) -> str:
@@ -467,8 +411,7 @@ class Notifier:
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 last = _transport_error(exc, self.connect_s)
             except httpx.TimeoutException:
-                return False, (f"no response within {min(self.read_s, left):g} s (not retried: "
-                               "the message may have arrived)")
+                return False, f"no response within {min(self.read_s, left):g} s (not retried: {MAYBE_ARRIVED})"
             except httpx.HTTPError as exc:
                 return False, f"{type(exc).__name__}: {exc}"
             else:
