@@ -342,3 +342,23 @@ def test_a_labcheck_marker_wakes_the_plugin(pytester: pytest.Pytester, monkeypat
     bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "none of these kubeconfig files exists: /nonexistent/a, /nonexistent/b" in bad.stderr.str() + bad.stdout.str()
+
+
+def test_two_profiles_are_one_clear_line_not_the_last_one_silently(pytester: pytest.Pytester,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pytest run is one environment: `--profile a --profile b` must not check b alone and say nothing."""
+    for name in [n for n in os.environ if n.startswith("LABCHECK_")]:
+        monkeypatch.delenv(name)
+    for name in ("a", "b"):
+        (pytester.path / f"{name}.toml").write_text("[targets]\n")
+    pytester.makepyfile(test_marked="import pytest\n\n@pytest.mark.sev4\ndef test_marked():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "--no-sandbox",
+                                           "--profile", "a.toml", "--profile", "b.toml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    out = result.stderr.str() + result.stdout.str()
+    assert "--profile given 2 times (a.toml, b.toml): a pytest run checks one environment" in out
+    assert "Traceback" not in out and "INTERNALERROR" not in out
+    assert (pytester.path / "reports" / "triage.json").exists()  # nothing is lost: the reports are written
+    same = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "--no-sandbox",
+                                         "--profile", "a.toml", "--profile", "a.toml")
+    same.assert_outcomes(passed=1)  # the same file twice is one environment

@@ -68,8 +68,9 @@ __all__ = ["NOT_UNKNOWN", "catalogue", "check_meta", "expect", "lab", "marker_pr
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("labcheck", "labcheck: platform health checks and triage")
-    group.addoption("--profile", dest="labcheck_profile", default=None, metavar="FILE",
-                    help="TOML profile with targets and thresholds (env LABCHECK_PROFILE).")
+    group.addoption("--profile", dest="labcheck_profile", action="append", default=None, metavar="FILE",
+                    help="TOML profile with targets and thresholds (env LABCHECK_PROFILE). One per run; "
+                         "'labcheck watch' takes several.")
     group.addoption("--set", dest="labcheck_set", action="append", default=[], metavar="KEY=VALUE",
                     help="Set one configuration key, e.g. --set window=10m. Overrides env and profile.")
     for flag, key in CONFIG_OPTIONS.items():

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from labcheck import config as cfg
+from labcheck.errors import ConfigError
 from labcheck.evidence import Evidence, Redactor
 from labcheck.lab import Lab
 from labcheck.scenarios import Catalogue, load_catalogue
@@ -61,9 +62,19 @@ def _scenarios_dir(config: pytest.Config) -> Path:
     return Path(config.rootpath) / "scenarios"
 
 
+def _profile(config: pytest.Config) -> str | None:
+    """The one --profile of this run: a pytest run is one environment, and the last of two must not win."""
+    given = list(dict.fromkeys(config.getoption("labcheck_profile") or []))
+    if len(given) > 1:
+        raise ConfigError(f"--profile given {len(given)} times ({', '.join(given)}): a pytest run checks one "
+                          "environment; watch several with 'labcheck watch --profile A --profile B', or run "
+                          "pytest once per profile")
+    return given[0] if given else None
+
+
 def activate(config: pytest.Config) -> None:
     """Load the settings and the catalogue into the stash (ConfigError / CatalogueError propagate)."""
-    settings = cfg.load(cli=_cli_values(config), profile=config.getoption("labcheck_profile"),
+    settings = cfg.load(cli=_cli_values(config), profile=_profile(config),
                         use_sandbox=not config.getoption("labcheck_no_sandbox"))
     catalogue = load_catalogue(_scenarios_dir(config))
     config.stash[settings_key] = settings
