@@ -73,15 +73,21 @@ class _LazyTLS(httpx.BaseTransport):
                 self._transport.close()
 
 
-def client(lab: Lab) -> httpx.Client:
+def _timeout(lab: Lab) -> httpx.Timeout:
     s = lab.settings
-    timeout = httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
-    # No cap on connections per origin or in all: each request is a fact, started once per run, so
-    # the facts bound how many are open; a pool limit could only make one request wait for another
-    # (under a slow API, a whole latency each). Keep-alive stays bounded.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=16)
+    return httpx.Timeout(connect=s.connect_s, read=s.read_s, write=s.read_s, pool=s.connect_s)
+
+
+# No cap on connections per origin or in all: each request is a fact, started once per run, so
+# the facts bound how many are open; a pool limit could only make one request wait for another
+# (under a slow API, a whole latency each). Keep-alive stays bounded.
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=16)
+
+
+def client(lab: Lab) -> httpx.Client:
+    limits = LIMITS
     return httpx.Client(
-        timeout=timeout,
+        timeout=_timeout(lab),
         follow_redirects=False,
         # Every https:// URL goes through the verifying transport mounted below; the default
         # transport only ever carries plain http://, where there is nothing to verify.
@@ -91,6 +97,13 @@ def client(lab: Lab) -> httpx.Client:
         limits=limits,
         headers={"User-Agent": "labcheck"},
     )
+
+
+def api_client(lab: Lab, *, verify: ssl.SSLContext | bool, proxy: str | None, headers: dict[str, str]) -> httpx.Client:
+    """A client for another API than the platform's (Kubernetes): the same timeouts and pool, its own TLS
+    and credentials; proxies from the environment unless ``proxy`` is given; no redirects, no retries."""
+    return httpx.Client(timeout=_timeout(lab), verify=verify, proxy=proxy, follow_redirects=False, limits=LIMITS,
+                        headers=headers)
 
 
 def classify(exc: Exception, url: str, lab: Lab) -> ProbeError:
