@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from labcheck.errors import (
     ProbeUnreachable,
     Unknown,
 )
-from labcheck.probes import kube_auth
 
 if TYPE_CHECKING:
     from labcheck.lab import Lab
+    from labcheck.probes import kube_auth
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -141,6 +140,9 @@ class KubeApi:
         return self.lab.client("kube", self._make_client)
 
     def _make_client(self) -> KubeClient:
+        # Imports ssl: on the first request, never at collection.
+        from labcheck.probes import kube_auth
+
         s = self.lab.settings
         if s.kubeconfig:
             access = kube_auth.from_kubeconfig(str(s.kubeconfig), s.kube_context or None)
@@ -162,6 +164,8 @@ class KubeApi:
 
     def classify(self, exc: BaseException, what: str) -> ProbeError:
         """A failed exchange as the probe error that names it, on this API server."""
+        import ssl
+
         from labcheck.probes import _httpx
 
         if isinstance(exc, ProbeError):
