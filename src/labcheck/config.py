@@ -431,9 +431,9 @@ def load(
     cli: Mapping[str, tuple[Any, str]] | None = None,
     profile: str | None = None,
     environ: Mapping[str, str] | None = None,
-    use_sandbox: bool = True,
+    use_sandbox: bool = True, read_files: bool = True,
 ) -> Settings:
-    """Merge every source, validate every value, and name the target."""
+    """Merge every source, validate every value, name the target; read the kubeconfig only with ``read_files``."""
     environ = os.environ if environ is None else environ
     layers: list[dict[str, tuple[Any, str]]] = []
     profile = profile or environ.get("LABCHECK_PROFILE") or None
@@ -469,7 +469,7 @@ def load(
             values[name] = KEYS[name].parse(value)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    if values["kubeconfig"]:
+    if values["kubeconfig"] and read_files:
         _check_kubeconfig(values["kubeconfig"], values["kube_context"], sources)
     secrets = tuple(
         str(values[k.name]) for k in KEYS.values() if k.secret and values.get(k.name)

@@ -9,15 +9,17 @@ Every call is the probes' own, with their timeouts; a target that fails is one l
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labcheck.config import Settings
 from labcheck.errors import LabcheckError, NotConfigured, ProbeUnreachable, Unknown
 from labcheck.lab import Lab
+
+if TYPE_CHECKING:
+    from labcheck.probes.kube import KubeApi
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
 EXIT_OK = 0
@@ -102,22 +104,12 @@ def database(lab: Lab) -> Iterator[Row]:
               f"default_transaction_read_only={row['read_only']}, transaction_read_only={row['tx_read_only']}")
 
 
-def _review(api: Any, lab: Lab, attrs: dict[str, str]) -> bool:
+def _review(kube: KubeApi, attrs: dict[str, str]) -> bool:
     """POST one SelfSubjectAccessReview (a question to the API server; nothing is changed)."""
-    s = lab.settings
     body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attrs}}
-    request = api.param_serialize("POST", SSAR_PATH, body=body, auth_settings=["BearerToken"],
-                                  header_params={"Accept": "application/json", "Content-Type": "application/json"})
-    response = api.call_api(*request, _request_timeout=(s.connect_s, s.read_s))
-    data = response.read()
-    if not 200 <= response.status <= 299:
-        from kubernetes.client.exceptions import ApiException
-
-        error = ApiException(status=response.status, reason=response.reason)
-        error.body = data  # the Status message the probe's classification reads
-        raise error
-    return bool((json.loads(data).get("status") or {}).get("allowed"))
+    answer = kube.ask("SelfSubjectAccessReview", SSAR_PATH, body)
+    return bool((answer.get("status") or {}).get("allowed"))
 
 
 def kubernetes(lab: Lab) -> Iterator[Row]:
@@ -134,12 +126,8 @@ def kubernetes(lab: Lab) -> Iterator[Row]:
     secret = str(lab.settings.secret_name)
     asks.append((f"get secret {secret}",
                  [{"group": "", "resource": "secrets", "verb": "get", "name": secret, "namespace": namespace}]))
-    api = kube.client()
     for label, questions in asks:
-        try:
-            denied = [q["verb"] for q in questions if not _review(api, lab, q)]
-        except Exception as exc:  # noqa: BLE001 - the probe's own classification names it
-            raise kube.classify(exc, "SelfSubjectAccessReview") from None
+        denied = [q["verb"] for q in questions if not _review(kube, q)]
         yield Row("kubernetes", label, FAIL if denied else OK,
                   f"denied: {', '.join(denied)}" if denied else f"allowed ({kube.server})")
 

@@ -75,7 +75,10 @@ def _profile(config: pytest.Config) -> str | None:
 def activate(config: pytest.Config) -> None:
     """Load the settings and the catalogue into the stash (ConfigError / CatalogueError propagate)."""
     settings = cfg.load(cli=_cli_values(config), profile=_profile(config),
-                        use_sandbox=not config.getoption("labcheck_no_sandbox"))
+                        use_sandbox=not config.getoption("labcheck_no_sandbox"),
+                        # Collection does no I/O: the kubeconfig is read (and a bad one is a usage error)
+                        # only by a run that goes on to run checks.
+                        read_files=not config.option.collectonly)
     catalogue = load_catalogue(_scenarios_dir(config))
     config.stash[settings_key] = settings
     config.stash[catalogue_key] = catalogue

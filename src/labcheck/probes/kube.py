@@ -9,14 +9,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 from labcheck.errors import (
     NotConfigured,
     ProbeAuthError,
     ProbeBadResponse,
     ProbeError,
-    ProbeRefused,
-    ProbeTimeout,
     ProbeTLSError,
     ProbeUnreachable,
     Unknown,
@@ -24,6 +23,7 @@ from labcheck.errors import (
 
 if TYPE_CHECKING:
     from labcheck.lab import Lab
+    from labcheck.probes import kube_auth
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -52,19 +52,33 @@ class KubeNotFound(ProbeBadResponse):
 # --- the probe ---------------------------------------------------------------------------------
 
 
-def _status_message(exc: Any) -> str:
+def _status_message(body: bytes, reason: str) -> str:
     """The ``message`` of the Status object an API error carries, else its reason phrase."""
-    body = getattr(exc, "body", None)
-    if body is None:
-        resp = getattr(exc, "data", None)
-        body = resp if isinstance(resp, str) else None
     try:
         doc = json.loads(body) if body else None
     except (TypeError, ValueError):
         doc = None
     if isinstance(doc, dict) and doc.get("message"):
         return str(doc["message"])[:300]
-    return str(getattr(exc, "reason", "") or "no message")[:300]
+    return str(reason or "no message")[:300]
+
+
+@dataclass
+class KubeClient:
+    """The run's connection to the API server: an httpx client carrying the credentials, and where it goes."""
+
+    http: Any  # httpx.Client
+    access: kube_auth.Access
+
+    def url(self, path: str, params: Mapping[str, str]) -> str:
+        return self.access.server + path.format(**{k: quote(str(v), safe="") for k, v in params.items()})
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"sni_hostname": self.access.sni} if self.access.sni else {}
+
+    def close(self) -> None:
+        self.http.close()
 
 
 class KubeApi:
@@ -121,124 +135,95 @@ class KubeApi:
         """How failures name what we talked to: ends with the server URL (the lab's origin)."""
         return f"Kubernetes API {self.server}"
 
-    def client(self) -> Any:
-        """The run's ApiClient (kubernetes.client.ApiClient), built once."""
+    def client(self) -> KubeClient:
+        """The run's client, built once."""
         return self.lab.client("kube", self._make_client)
 
-    def _make_client(self) -> Any:
+    def _make_client(self) -> KubeClient:
+        # Imports ssl: on the first request, never at collection.
+        from labcheck.probes import kube_auth
+
         s = self.lab.settings
-        if not s.kubeconfig and not self._in_cluster():
-            # Decided before the import: no Kubernetes target costs no kubernetes import.
+        if s.kubeconfig:
+            access = kube_auth.from_kubeconfig(str(s.kubeconfig), s.kube_context or None)
+        elif self._in_cluster():
+            access = kube_auth.in_cluster()
+        else:
+            # Decided before any import: no Kubernetes target costs no client.
             raise NotConfigured("no kubeconfig configured and not running in a cluster "
                                 "(set kubeconfig, or in_cluster inside a pod)", target="Kubernetes API")
-        from kubernetes.config.config_exception import ConfigException
-        from kubernetes.config.incluster_config import load_incluster_config
-        from kubernetes.config.kube_config import new_client_from_config
+        from labcheck.probes import _httpx
 
-        from kubernetes import client
-
-        configuration = client.Configuration()
-        configuration.retries = 0  # one attempt per call: the lab's budget bounds the run, not retries
-        try:
-            if s.kubeconfig:
-                api = new_client_from_config(  # type: ignore[no-untyped-call]
-                    config_file=str(s.kubeconfig), context=s.kube_context or None, persist_config=False,
-                    client_configuration=configuration)
-            elif self._in_cluster():
-                try:
-                    load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-                except ConfigException as exc:
-                    raise NotConfigured(f"in-cluster service account unusable: {exc}", target=self.target) from None
-                api = client.ApiClient(configuration)
-            else:
-                raise NotConfigured("no kubeconfig configured and not running in a cluster "
-                                    "(set kubeconfig, or in_cluster inside a pod)", target="Kubernetes API")
-        except ConfigException as exc:
-            raise ProbeAuthError(f"cannot load credentials from the kubeconfig: {exc}", target=self.target) from None
-        api.user_agent = USER_AGENT
-        return api
+        # One attempt per call (the lab's budget bounds the run), no redirects, no pool limit (a run's
+        # lists, secrets and logs are in flight at once); proxies as the kubernetes client takes them.
+        http = _httpx.api_client(self.lab, verify=access.verify, proxy=access.proxy,
+                                 headers={"User-Agent": USER_AGENT, "Accept": "application/json", **access.headers})
+        return KubeClient(http, access)
 
     # ---- one bounded request
 
     def classify(self, exc: BaseException, what: str) -> ProbeError:
-        import urllib3
-        from kubernetes.client.exceptions import ApiException
+        """A failed exchange as the probe error that names it, on this API server."""
+        import ssl
 
-        s = self.lab.settings
-        target = self.target
-        if isinstance(exc, ApiException):
-            status = int(exc.status or 0)
-            message = _status_message(exc)
-            if status in (401, 403):
-                return ProbeAuthError(f"{what}: HTTP {status} {exc.reason or ''}: {message}".replace("  ", " "),
-                                      target=target)
-            if status == 404:
-                return KubeNotFound(f"{what}: HTTP 404: {message}", target=target)
-            if status == 0:
-                return ProbeTLSError(f"{what}: TLS failure ({str(exc.reason or '')[:160]})", target=target)
-            return ProbeBadResponse(f"{what}: HTTP {status}: {message}", target=target)
-        if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
-            exc = exc.reason
+        from labcheck.probes import _httpx
+
+        if isinstance(exc, ProbeError):
+            return exc
+        if isinstance(exc, _httpx.HTTPError):
+            named = _httpx.classify(exc, self.server, self.lab)
+            return type(named)(f"{what}: {named.reason}", target=self.target)
         text = str(exc)
-        if isinstance(exc, urllib3.exceptions.NewConnectionError):  # before ConnectTimeoutError: a subclass
-            lowered = text.lower()
-            if "refused" in lowered:
-                return ProbeRefused(f"{what}: connection refused", target=target)
-            if "resolve" in lowered or "name or service" in lowered or "nodename" in lowered:
-                return ProbeUnreachable(f"{what}: DNS name does not resolve", target=target)
-            return ProbeUnreachable(f"{what}: cannot connect ({text[:160]})", target=target)
-        if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-            return ProbeTimeout(f"{what}: timed out after {s.connect_s:g} s connecting", target=target)
-        if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
-            return ProbeTimeout(f"{what}: timed out after {s.read_s:g} s waiting for a response", target=target)
-        if isinstance(exc, urllib3.exceptions.SSLError):
-            return ProbeTLSError(f"{what}: TLS certificate not trusted ({text[:160]})", target=target)
-        if isinstance(exc, urllib3.exceptions.ProtocolError):
-            return ProbeBadResponse(f"{what}: connection closed mid-response ({text[:160]})", target=target)
+        if isinstance(exc, ssl.SSLError):
+            return ProbeTLSError(f"{what}: TLS certificate not trusted ({text[:160]})", target=self.target)
         if isinstance(exc, OSError):
-            return ProbeUnreachable(f"{what}: {type(exc).__name__}: {text[:160]}", target=target)
-        return ProbeBadResponse(f"{what}: {type(exc).__name__}: {text[:160]}", target=target)
+            return ProbeUnreachable(f"{what}: {type(exc).__name__}: {text[:160]}", target=self.target)
+        return ProbeBadResponse(f"{what}: {type(exc).__name__}: {text[:160]}", target=self.target)
 
-    def _get(self, api: Any, path: str, params: Mapping[str, str], query: Sequence[tuple[str, Any]]) -> Any:
-        """One raw GET through the client: its credentials, TLS, proxy and ``_request_timeout``.
-
-        Made with ``ApiClient.param_serialize``/``call_api``, as the generated API classes do,
-        without them: CoreV1Api and its pydantic models take over a second to import, which was
-        most of a healthy run's time on two cores. Answers are read as JSON dicts, not models.
-        """
-        from kubernetes.client.exceptions import ApiException
-
-        s = self.lab.settings
-        request = api.param_serialize("GET", path, path_params=dict(params), query_params=list(query),
-                                      header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-        response = api.call_api(*request, _request_timeout=(s.connect_s, s.read_s))
-        if not 200 <= response.status <= 299:
-            response.read()
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return response.response
+    def status_error(self, what: str, status: int, reason: str, body: bytes) -> ProbeError:
+        """An answer other than 2xx, named with the message of the Status object it carries."""
+        message = _status_message(body, reason)
+        if status in (401, 403):
+            return ProbeAuthError(f"{what}: HTTP {status} {reason}: {message}".replace("  ", " "), target=self.target)
+        if status == 404:
+            return KubeNotFound(f"{what}: HTTP 404: {message}", target=self.target)
+        return ProbeBadResponse(f"{what}: HTTP {status}: {message}", target=self.target)
 
     def _read(self, what: str, path: str, params: Mapping[str, str] | None = None,
-              query: Sequence[tuple[str, Any]] = (), *, max_bytes: int, truncate: bool = False) -> bytes:
-        """Make one GET through the client (raw response), read at most ``max_bytes``."""
+              query: Sequence[tuple[str, Any]] = (), *, max_bytes: int, truncate: bool = False,
+              method: str = "GET", body: Any = None) -> bytes:
+        """Make one request (GET, but for the doctor's access reviews), read at most ``max_bytes``."""
         api = self.client()
         try:
-            response = self._get(api, path, params or {}, query)
-            try:
-                body = response.read(max_bytes + 1)
-            except BaseException:
-                response.close()
-                raise
-            if len(body) > max_bytes:
-                response.close()  # unread rest: the connection cannot go back to the pool
+            with api.http.stream(method, api.url(path, params or {}), params=list(query), json=body,
+                                 extensions=api.extensions) as response:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:
+                        break  # unread rest: leaving the block closes the connection
+                data = b"".join(chunks)
+                del chunks
+            if not 200 <= response.status_code <= 299:
+                raise self.status_error(what, response.status_code, response.reason_phrase, data)
+            if len(data) > max_bytes:
                 if not truncate:
                     raise ProbeBadResponse(f"{what}: answer larger than {max_bytes} bytes", target=self.target)
-                return bytes(body[:max_bytes])
-            response.release_conn()
-            return bytes(body)
+                return data[:max_bytes]
+            return data
         except ProbeError:
             raise
         except Exception as exc:  # noqa: BLE001 - every client failure becomes a named ProbeError
             raise self.classify(exc, what) from None
+
+    def ask(self, what: str, path: str, body: Obj) -> Obj:
+        """POST a question that changes nothing (the doctor's SelfSubjectAccessReview); its answer."""
+        doc = self._json(what, self._read(what, path, method="POST", body=body, max_bytes=LIST_MAX_BYTES))
+        if not isinstance(doc, dict):
+            raise ProbeBadResponse(f"{what}: the answer is not an object", target=self.target)
+        return doc
 
     def _json(self, what: str, body: bytes) -> Any:
         try:
