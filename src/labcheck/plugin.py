@@ -165,9 +165,16 @@ def _activate(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Log records pass the redactor before pytest shows them live, writes them to --log-file or
-    captures them: they reach the terminal and the log file without passing a report."""
+    captures them: they reach the terminal and the log file without passing a report. Allure's
+    result files are written in the background from here on (``allure_writer``)."""
     config = session.config
     redact = config.stash.get(redactor_key, None)
+    if redact is not None and not config.option.collectonly:
+        from labcheck import allure_writer
+
+        done = allure_writer.install()  # allure-pytest's result files, written off the run's thread
+        if done is not None:
+            config.add_cleanup(done)
     logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
     if redact is None or logging_plugin is None:
         return
@@ -274,6 +281,9 @@ class AllureExtras:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        allure_results.start_git_commit(Path(self.config.rootpath))  # for environment.properties
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
