@@ -185,6 +185,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             handler.addFilter(log_filter)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every Allure result is on disk when the session has ended: an xdist worker tells the
+    controller it is done right after this hook, and the controller then reads them back."""
+    if is_active(session.config):
+        from labcheck import allure_writer
+
+        allure_writer.flush()
+
+
 def _terminate_as_interrupt(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout, `timeout`) ends the run like Ctrl-C: the verdict is still written."""
     import signal
