@@ -34,7 +34,7 @@ def _judge_rate(logs, pattern, window_s, limit, least, expect, *, what, also=Non
     expect(ok, target=target, observed=rate.text(),
            threshold=f"<= {limit:g} lines/min (or fewer than {least} lines)",
            detail="newest:\n" + "\n".join(f"  {ln.pod}: {ln.text[:300]}" for ln in newest),
-           evidence=logs.evidence(pattern, window_s, also=also))
+           evidence=lambda: logs.evidence(pattern, window_s, also=also))
 
 
 @pytest.mark.sev2
@@ -90,4 +90,5 @@ def check_no_brute_force(api_logs, settings, expect):
            threshold=f"not >= {least} 401s with >= {share:.0%} from <= {few} addresses or for <= {few} subjects",
            detail=("brute force from few addresses: " if from_few else "brute force against few subjects: ")
            + "enable additional rate limiting, block the sources, and treat it as a suspected breach",
-           condition="brute_force", evidence=logs.evidence("401/403/auth/jwt", settings.log_auth_window_s))
+           condition="brute_force",
+           evidence=lambda: logs.evidence("401/403/auth/jwt", settings.log_auth_window_s))

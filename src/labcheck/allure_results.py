@@ -12,7 +12,9 @@ import os
 import platform
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -102,8 +104,38 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+_COMMITS: dict[str, Future[str]] = {}
+
+
+def start_git_commit(directory: Path) -> None:
+    """Ask git for ``git_commit(directory)`` in the background (two processes, 10-20 ms), taken when
+    the run ends: the controller starts it when collection is done."""
+    if str(directory) in _COMMITS:
+        return
+    future: Future[str] = Future()
+    _COMMITS[str(directory)] = future
+
+    def ask() -> None:
+        try:
+            future.set_result(_git_commit(directory))
+        except BaseException as exc:  # noqa: BLE001 - git_commit asks again
+            future.set_exception(exc)
+
+    threading.Thread(target=ask, name="labcheck:git commit", daemon=True).start()
+
+
 def git_commit(directory: Path) -> str:
     """The suite's git commit (with -dirty when the work tree has changes), or the CI's, or 'unknown'."""
+    future = _COMMITS.pop(str(directory), None)
+    if future is not None:
+        try:
+            return future.result(timeout=15)  # each git call has a 5 s timeout of its own
+        except Exception:  # noqa: BLE001 - asked again, in this thread
+            pass
+    return _git_commit(directory)
+
+
+def _git_commit(directory: Path) -> str:
     try:
         head = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=5, check=True).stdout.strip()
@@ -227,6 +259,9 @@ def attach_run_picture(directory: Path, png: bytes, *, name: str, statuses: tupl
     import time
     import uuid
 
+    from labcheck import allure_writer
+
+    allure_writer.flush()  # the failing checks' results are read back below
     now = int(time.time() * 1000)
     source = f"{uuid.uuid4()}-attachment.png"
     directory.mkdir(parents=True, exist_ok=True)

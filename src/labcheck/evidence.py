@@ -28,20 +28,25 @@ _SECRET_KEY = (r"[A-Z0-9_.\-]*(?:PASSWORD|PASSWD|PWD|SECRET|TOKEN|API_?KEY|ACCES
 # observed about the secret, never its value.
 _NOT_A_VALUE = "observed|missing|empty|non-empty|present|absent|unset|not set|not found|none"
 
+# A label's characters run up to what follows it (``=`` or ``:``): asked first, without backtracking,
+# it is a condition the label patterns below imply, so it changes no match; it only spares them their
+# costly tries at every word of a text without one (a third of a run's redaction time, issue 16).
+_LABEL_THEN = r"(?=[A-Za-z0-9_.\-]++"
+
 # Patterns for secrets we were not told about. Each keeps its first group
 # (the label) and masks the rest.
 _PATTERNS = [
     # user:password@ inside any URL or DSN
     re.compile(r"(://[^:/@\s'\"]+:)[^@\s'\"]+(?=@)"),
     # KEY=value for secret-ish keys (a libpq keyword DSN, an env line in a log)
-    re.compile(rf"(?i)\b({_SECRET_KEY}\s*=\s*[\"']?)[^\s\"',;&}}]+"),
+    re.compile(rf"(?i)\b{_LABEL_THEN}\s*+=)({_SECRET_KEY}\s*=\s*[\"']?)[^\s\"',;&}}]+"),
     # "key": "value" (JSON): the quoted string only, so redacted JSON stays valid JSON
     re.compile(rf"(?i)(\"{_SECRET_KEY}\"\s*:\s*\")[^\"]+(?=\")"),
     # KEY: value (YAML, headers, env dumps) where the key looks like an identifier, not prose:
     # JWT_SECRET: x, db-password: x, TOKEN: x. The value is on the label's line: a label that ends
     # its line, or that labcheck's own prose follows ("key JWT_SECRET: observed missing"), has no
     # value, and the next word is kept. A bare JSON literal or number is left alone.
-    re.compile(rf"\b((?:[A-Za-z0-9]+[_\-]{_SECRET_KEY}|{_SECRET_KEY}[_\-][A-Za-z0-9_\-]+|password|passwd|"
+    re.compile(rf"\b{_LABEL_THEN}[ \t]*+:)((?:[A-Za-z0-9]+[_\-]{_SECRET_KEY}|{_SECRET_KEY}[_\-][A-Za-z0-9_\-]+|password|passwd|"
                rf"(?-i:[A-Z0-9_]*(?:PASSWORD|SECRET|TOKEN|API_?KEY|ACCESS_?KEY)[A-Z0-9_]*))[ \t]*:[ \t]*)"
                rf"(?!(?:true|false|null|{_NOT_A_VALUE})(?:[\s,;}}\]]|$))(?![\d{{\[\"'-])[^\s,;}}\]]+",
                re.IGNORECASE),

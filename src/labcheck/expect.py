@@ -26,7 +26,10 @@ class ExpectFailure(AssertionError):
 
 
 class Expect:
-    """Asserts one fact about the platform with a complete message, and keeps the observed value."""
+    """Asserts one fact about the platform with a complete message, and keeps the observed value.
+
+    ``evidence`` is recorded when the fact does not hold; a callable is called then, and only then.
+    """
 
     def __init__(self, item: pytest.Item, lab: Lab, catalogue: Catalogue) -> None:
         self.item = item
@@ -49,6 +52,8 @@ class Expect:
             raise Unknown(f"{target}: {observed}")
         if condition is not None:
             self.condition(condition)
+        if callable(evidence):  # evidence that costs something to build is built for a failure only
+            evidence = evidence()
         if evidence is not None:
             self.record("failure", evidence)
         where = f"scenario {self.scenario.id} ({self.scenario.title})" if self.scenario else "no playbook scenario"

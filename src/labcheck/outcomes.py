@@ -174,7 +174,8 @@ class Triage:
         self.expected: dict[str, dict[str, Any]] = {}
         self.error: str | None = None
         self.picture_line: str | None = None
-        self._warming = False
+        self._ahead: Any = None  # picture.Ahead, started at the first failure
+        self._ahead_tried = False
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected.update({i.nodeid: check_meta(i) for i in session.items if is_check(i)})
@@ -214,7 +215,7 @@ class Triage:
         elif report.failed and entry["outcome"] not in ("failed", "unknown"):
             entry["outcome"] = "failed"
             entry["message"] = _failure_text(report)
-            self._warm_picture()
+            self._picture_ahead()
         elif report.skipped and entry["outcome"] == "passed":
             entry["outcome"] = "skipped"
             entry["message"] = report.longrepr[2] if isinstance(report.longrepr, tuple) else None
@@ -266,17 +267,30 @@ class Triage:
             return "not drawn: a -m sev1 triage draws none (run without -m sev1 for the picture)"
         return None
 
-    def _warm_picture(self) -> None:
-        """A check failed, so the run ends with a picture: import matplotlib now, in the background."""
-        if self._warming or self._not_drawn():
+    def _worst_failed(self) -> str | None:
+        """The worst severity failed so far: the verdict's severity, if no worse check fails later."""
+        levels = [e["severity"] for e in self.results.values()
+                  if e["outcome"] == "failed" and isinstance(e.get("severity"), int) and e["severity"]]
+        return f"SEV-{min(levels)}" if levels else None
+
+    def _picture_ahead(self) -> None:
+        """A check failed, so the run ends with a picture: start it now, in the background (issue 16:
+        its queries, import and drawing overlap the checks still waiting for their answers)."""
+        severity = self._worst_failed()
+        if self._ahead is not None:
+            if severity:
+                self._ahead.expect(severity)
             return
-        self._warming = True
-        import threading
+        if self._ahead_tried or severity is None or self._not_drawn():
+            return
+        self._ahead_tried = True
+        from labcheck import picture
 
-        from labcheck import picture_draw
-
-        if picture_draw.installed():
-            threading.Thread(target=picture_draw.warm, name="labcheck:picture import", daemon=True).start()
+        try:
+            self._ahead = picture.Ahead(get_lab(self.config), severity=severity,
+                                        run_at=self.config.stash[started_key])
+        except Exception:  # noqa: BLE001 - the picture is then drawn at the end, as without a head start
+            self._ahead = None
 
     def _picture(self, interrupted: bool) -> None:
         """A failing run's metrics picture, named in triage.json; what stops it is one summary line."""
@@ -294,9 +308,14 @@ class Triage:
             try:
                 from labcheck import picture
 
-                entry = picture.draw(get_lab(config), severity=str(self.verdict["severity"]),
-                                     run_at=config.stash[started_key], reports=reports,
-                                     allure_dir=Path(allure_dir) if allure_dir else None)
+                lab = get_lab(config)
+                severity, where = str(self.verdict["severity"]), Path(allure_dir) if allure_dir else None
+                if self._ahead is not None:
+                    entry = self._ahead.finish(severity=severity, reports=reports, allure_dir=where,
+                                               wait_s=max(lab.budget, picture.BUDGET_S))
+                else:
+                    entry = picture.draw(lab, severity=severity, run_at=config.stash[started_key], reports=reports,
+                                         allure_dir=where)
             except Exception as exc:  # noqa: BLE001 - a picture that cannot be drawn costs the run nothing else
                 entry = {"path": None, "note": f"not drawn: {type(exc).__name__}: {exc}"}
         self.verdict["picture"] = entry

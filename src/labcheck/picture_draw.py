@@ -100,17 +100,8 @@ def load() -> None:
 
 
 def import_seconds() -> float | None:
-    """What importing matplotlib took in this process (in the background when ``warm`` did it)."""
+    """What importing matplotlib took in this process (in the background when the picture started ahead)."""
     return IMPORTED["seconds"]
-
-
-def warm() -> None:
-    """``load`` in the background as soon as a check fails, so the import is done by the time the
-    verdict asks for the picture; a failure here is ``render``'s to report."""
-    try:
-        load()
-    except Exception:  # noqa: BLE001 - render() imports again and says why
-        pass
 
 
 def render(panels: Sequence[Panel], *, title: str, footer: str, start: float, end: float, step: float,

@@ -166,9 +166,16 @@ def _activate(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Log records pass the redactor before pytest shows them live, writes them to --log-file or
-    captures them: they reach the terminal and the log file without passing a report."""
+    captures them: they reach the terminal and the log file without passing a report. Allure's
+    result files are written in the background from here on (``allure_writer``)."""
     config = session.config
     redact = config.stash.get(redactor_key, None)
+    if redact is not None and not config.option.collectonly:
+        from labcheck import allure_writer
+
+        done = allure_writer.install()  # allure-pytest's result files, written off the run's thread
+        if done is not None:
+            config.add_cleanup(done)
     logging_plugin = config.pluginmanager.get_plugin("logging-plugin")
     if redact is None or logging_plugin is None:
         return
@@ -177,6 +184,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         handler = getattr(logging_plugin, name, None)
         if isinstance(handler, logging.Handler):
             handler.addFilter(log_filter)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every Allure result is on disk when the session has ended: an xdist worker tells the
+    controller it is done right after this hook, and the controller then reads them back."""
+    if is_active(session.config):
+        from labcheck import allure_writer
+
+        allure_writer.flush()
 
 
 def _terminate_as_interrupt(config: pytest.Config) -> None:
@@ -275,6 +292,9 @@ class AllureExtras:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        allure_results.start_git_commit(Path(self.config.rootpath))  # for environment.properties
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -19,6 +19,7 @@ What no selected check reads is not started, so ``-m sev1`` sends no query only 
 from __future__ import annotations
 
 import dis
+import functools
 import inspect
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -144,27 +145,40 @@ def _read(fn: Callable[..., Any]) -> tuple[frozenset[str], frozenset[tuple[str, 
             helper = module_globals.get(name)
             if isinstance(helper, types.FunctionType) and helper.__module__ == module:
                 stack.append(helper.__code__)
-        previous = None
-        for ins in dis.get_instructions(code):
-            if (previous is not None and previous.opname in _ATTRIBUTE_LOADS and ins.opname == "LOAD_CONST"
-                    and isinstance(ins.argval, str)):
-                literals.add((str(previous.argval), ins.argval))
-            previous = ins
+        literals.update(_call_literals(code))
     return frozenset(names), frozenset(literals)
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_literals(code: types.CodeType) -> frozenset[tuple[str, str]]:
+    """(attribute, string) of ``x.attribute("string", ...)`` in one code object: disassembled once
+    per process, however many checks (parameters) and helpers share it (issue 16: this runs before
+    any request is sent)."""
+    found: set[tuple[str, str]] = set()
+    previous = None
+    for ins in dis.get_instructions(code):
+        if (previous is not None and previous.opname in _ATTRIBUTE_LOADS and ins.opname == "LOAD_CONST"
+                and isinstance(ins.argval, str)):
+            found.add((str(previous.argval), ins.argval))
+        previous = ins
+    return frozenset(found)
 
 
 def uses_of(items: Sequence[Any], is_check: Callable[[Any], bool]) -> dict[str, list[Use]]:
     """The selected checks per registered fixture they ask for themselves."""
     uses: dict[str, list[Use]] = {}
+    read: dict[Any, tuple[list[str], frozenset[str], frozenset[tuple[str, str]]]] = {}  # once per function
     for item in items:
         fn = getattr(item, "function", None)
         if not is_check(item) or not callable(fn):
             continue
-        # The fixtures the check asks for itself: a fixture's own dependencies are its starters' business.
-        wanted = [n for n in argnames(fn) if n in COMPONENTS]
+        if fn not in read:
+            # The fixtures the check asks for itself: a fixture's own dependencies are its starters' business.
+            asks = [n for n in argnames(fn) if n in COMPONENTS]
+            read[fn] = (asks, *_read(fn)) if asks else (asks, frozenset(), frozenset())
+        wanted, names, literals = read[fn]
         if not wanted:
             continue
-        names, literals = _read(fn)
         use = Use(check=str(getattr(item, "originalname", item.name)),
                   params=dict(getattr(getattr(item, "callspec", None), "params", {})), names=names,
                   literals=literals)

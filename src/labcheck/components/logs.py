@@ -16,7 +16,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -149,6 +149,7 @@ class ApiLogs:
     target: str
     since_s: float
     reads: tuple[Read, ...]
+    _counts: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def window(self, seconds: float) -> float:
         """A scenario's window, at most the read's reach."""
@@ -179,9 +180,12 @@ class ApiLogs:
                     short)
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Lines per pattern and pod in each pattern's whole read (what the playbook's greps would show)."""
-        return {name: {r.pod: sum(1 for ln in r.lines if rx.search(ln.text)) for r in self.reads}
-                for name, rx in PATTERNS.items()}
+        """Lines per pattern and pod in each pattern's whole read (what the playbook's greps would show);
+        counted once per read, however many failing checks show the table."""
+        if not self._counts:
+            self._counts.update({name: {r.pod: sum(1 for ln in r.lines if rx.search(ln.text)) for r in self.reads}
+                                 for name, rx in PATTERNS.items()})
+        return {name: dict(per_pod) for name, per_pod in self._counts.items()}
 
     def sources(self, window_s: float) -> Sources:
         """The 401s of the window by client address, and the authentication failures by subject."""

@@ -125,8 +125,15 @@ def _job(lab: Lab, url: str, headers: dict[str, str] | None, key: str | None) ->
 
 
 def start(lab: Lab, url: str, *, headers: dict[str, str] | None = None, key: str | None = None) -> None:
-    """Start a GET in the background so that later ``get`` calls find it under way."""
+    """Start a GET in the background so that later ``get`` calls find it under way.
+
+    httpx is imported here, by the caller (the prefetch, when collection ends), before the first
+    request's thread starts: else that import shares the interpreter with the client imports of
+    every other probe's thread and each request leaves only once all of them are done (0.4 s on
+    two cores, which a slow API then adds to its own latency: issue 16).
+    """
     from labcheck.lab import origin_of
+    from labcheck.probes import _httpx  # noqa: F401 - the import is the point
 
     lab.start(*_job(lab, url, headers, key), origin=origin_of(url))
 
