@@ -71,7 +71,8 @@ def add_sandbox_command(subparsers: Any) -> None:
 
     p = actions.add_parser("up", help="start every service (idempotent)")
     p.add_argument(
-        "--port-offset", type=int, default=0, metavar="N", help="add N to every default port"
+        "--port-offset", type=int, default=None, metavar="N",
+        help="add N to every default port (default $LABCHECK_SANDBOX_PORT_OFFSET or 0)",
     )
     p.add_argument("--dir", default=argparse.SUPPRESS, help="sandbox directory")
     p.add_argument("--log-statements", action="store_true", help="PostgreSQL logs every statement")
@@ -141,6 +142,13 @@ def cmd_sandbox_up(args: argparse.Namespace) -> int:
         shape = None if args.shape is None else parse_shape(args.shape)
     except manager.SandboxError as exc:
         raise UsageError(str(exc)) from None
+    offset = args.port_offset
+    if offset is None:  # the same variable the tests' sandbox fixture reads
+        raw = os.environ.get("LABCHECK_SANDBOX_PORT_OFFSET", "").strip() or "0"
+        try:
+            offset = int(raw)
+        except ValueError:
+            raise UsageError(f"LABCHECK_SANDBOX_PORT_OFFSET must be a whole number, not {raw!r}") from None
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # so a killed `up` still stops what it started
@@ -149,7 +157,7 @@ def cmd_sandbox_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     manager.up(
         dir=args.dir,
-        port_offset=args.port_offset,
+        port_offset=offset,
         log_statements=args.log_statements,
         timeout=args.timeout,
         progress=_progress,

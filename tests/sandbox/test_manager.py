@@ -313,3 +313,13 @@ def test_down_stops_everything(managed: dict[str, Any]) -> None:
     gone = cli("status", "--json", "--dir", str(d))
     assert gone.returncode == 1
     assert json.loads(gone.stdout)["running"] is False
+
+
+def test_port_offset_comes_from_the_environment_as_the_tests_fixture_reads_it(tmp_path: Path) -> None:
+    """`sandbox up` without --port-offset reads LABCHECK_SANDBOX_PORT_OFFSET (a bad value is one line, no start)."""
+    res = subprocess.run([sys.executable, "-m", "labcheck.cli", "sandbox", "up", "--dir", str(tmp_path / "box")],
+                         capture_output=True, text=True, timeout=60, check=False,
+                         env={**_env(), "LABCHECK_SANDBOX_PORT_OFFSET": "12x"})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == "labcheck: error: LABCHECK_SANDBOX_PORT_OFFSET must be a whole number, not '12x'"
+    assert not (tmp_path / "box").exists()  # nothing was started
