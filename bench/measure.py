@@ -116,15 +116,15 @@ def series(cmd: list[str], env: dict[str, str], runs: int, *, cap: float = 300) 
     return Series(done, (before, load1()))
 
 
-def side_by_side(a: list[str], b: list[str], env: dict[str, str], runs: int) -> tuple[Series, Series]:
-    """``a`` and ``b`` in turn, ``runs`` times each: a load that comes and goes weighs on both alike."""
+def side_by_side(*cmds: list[str], env: dict[str, str], runs: int) -> tuple[Series, ...]:
+    """Each command in turn, ``runs`` times each: a load that comes and goes weighs on all alike."""
     before = load1()
-    got_a, got_b = [], []
+    got: list[list[Once]] = [[] for _ in cmds]
     for _ in range(runs):
-        got_a.append(once(a, env))
-        got_b.append(once(b, env))
+        for done, cmd in zip(got, cmds, strict=True):
+            done.append(once(cmd, env))
     after = load1()
-    return Series(got_a, (before, after)), Series(got_b, (before, after))
+    return tuple(Series(done, (before, after)) for done in got)
 
 
 def pytest_cmd(*args: str, reports: str) -> list[str]:
@@ -134,6 +134,18 @@ def pytest_cmd(*args: str, reports: str) -> list[str]:
 def floor_cmd(clients: list[str]) -> list[str]:
     """The import floor: pytest and the client libraries a run loads, imported and nothing else."""
     return [sys.executable, "-c", "import " + ", ".join(["pytest", *(CLIENTS[c] for c in clients)])]
+
+
+def pytest_floor_cmd(clients: list[str], tests: int, tmp: Path, reports: str) -> list[str]:
+    """What pytest itself costs a run of ``tests`` checks: as many empty tests, the same options and
+    plugins (this tree's pyproject.toml; allure-pytest writing its results), the same client libraries
+    imported, and labcheck's plugin left out."""
+    suite = tmp / f"pytest-floor-{tests}-{'-'.join(clients) or 'none'}"
+    suite.mkdir(exist_ok=True)
+    (suite / "conftest.py").write_text("import " + ", ".join(["pytest", *(CLIENTS[c] for c in clients)]) + "\n")
+    (suite / "test_empty.py").write_text("".join(f"def test_{i}():\n    pass\n\n\n" for i in range(tests)))
+    return [sys.executable, "-m", "pytest", "-q", "-c", str(REPO / "pyproject.toml"), f"--rootdir={suite}",
+            "-p", "no:labcheck", f"--alluredir={reports}-pytest-floor", str(suite)]
 
 
 def clients_loaded(args: list[str], env: dict[str, str], tmp: Path) -> list[str]:

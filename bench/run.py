@@ -38,6 +38,7 @@ from measure import (  # noqa: E402 - bench/ is not a package
     once,
     outage_env,
     pytest_cmd,
+    pytest_floor_cmd,
     series,
     side_by_side,
 )
@@ -199,6 +200,12 @@ def triage(reports: str) -> dict[str, Any]:
         return {}
 
 
+def checks_run(reports: str) -> int:
+    """How many checks the last run in ``reports`` ran (its triage.json's counts)."""
+    counts = triage(reports).get("counts", {})
+    return sum(int(counts.get(k, 0)) for k in ("passed", "failed", "unknown", "skipped"))
+
+
 def verdict_text(data: dict[str, Any]) -> str:
     if not data:
         return "no triage.json"
@@ -243,7 +250,12 @@ NOTES = [
     "  connection cap queues them, so a run waits for the latency once.",
     "- Goal 2: the floor is `python -c \"import pytest, <the client libraries the run loaded>\"`, with",
     "  kubernetes imported as kubernetes.client (the issue's floor); run and floor alternate, so load that",
-    "  comes and goes weighs on both.",
+    "  comes and goes weighs on both. A run with a kubeconfig holding its own credentials no longer loads the",
+    "  kubernetes client (its probe speaks httpx), so that floor has no kubernetes in it.",
+    "- pytest's own floor: as many empty tests as the run has checks, run by pytest with this tree's options",
+    "  and plugins (allure-pytest writing results) and the same client libraries imported, labcheck's plugin",
+    "  left out; measured in turn with the run and the import floor. What the run costs beyond it is",
+    "  labcheck's own work and its waiting on the platform; what it costs beyond the import floor is pytest.",
     "- Goal 3: `sandbox up --endpoints N` serves 2N data routes, all with traffic, and 3N API pods; the",
     "  suite's settings list every route as api_endpoints, so each is judged (\"endpoints judged\").",
     "  The N = 50 sandbox sends 44.5 requests/s to itself on the same two cores.",
@@ -290,13 +302,18 @@ def near_floor(t: Table, env: dict[str, str], reports: str, tmp: Path, runs: int
     """Goal 2: the full run, -m sev1 and --collect-only against the import floor of what each loads."""
     for label, args, limit in (("full suite", ["checks"], 1.4), ("-m sev1", ["-m", "sev1", "checks"], 1.3)):
         cmd = pytest_cmd(*args, reports=reports)
-        clients = clients_loaded(cmd, env, tmp)
-        floor, run = side_by_side(floor_cmd([c for c in clients if c != "?"]), cmd, env, runs)
+        clients = [c for c in clients_loaded(cmd, env, tmp) if c != "?"]
+        tests = checks_run(reports)
+        floor, pytest_floor, run = side_by_side(floor_cmd(clients), pytest_floor_cmd(clients, tests, tmp, reports),
+                                                cmd, env=env, runs=runs)
         ratio = run.median / floor.median
         timed_row(t, f"2. {label}, healthy (median)", run, "<= 4.0 s" if label == "full suite" else "<= 2.0 s",
                   run.median <= (4.0 if label == "full suite" else 2.0), f"exit {max(run.codes)}; ")
         t.row(f"2. {label}: import floor (pytest, {', '.join(clients) or 'no client'})",
               f"{floor.median:.2f} s; ratio {ratio:.2f} ({floor.load_text()})", f"ratio <= {limit}", ratio <= limit)
+        t.row(f"   {label}: pytest's own floor ({tests} empty tests, same plugins and clients)",
+              f"{pytest_floor.median:.2f} s = {pytest_floor.median / floor.median:.2f}x the import floor; the run is "
+              f"{run.median / pytest_floor.median:.2f}x it", "(what pytest costs before any check)", None)
         if label == "full suite":
             t.row("5. peak RSS of a full run (max of its runs)", f"{run.rss:.0f} MiB", "<= 90 MiB", run.rss <= 90)
             t.row("   peak RSS of its import floor", f"{floor.rss:.0f} MiB", "(the libraries alone)", None)
