@@ -95,6 +95,9 @@ def test_github_gate_job_runs_green_against_a_healthy_sandbox(sandbox: Any, tmp_
     import os
     import time
 
+    # A fault an earlier test healed lingers in the sandbox's 10 s rate window (CI saw 40% 5xx and a
+    # 2.5 s p95 here): the job is meant to run green against a healthy platform, so wait for one.
+    sandbox.quiet()
     gate = yaml.safe_load((DEPLOY / "ci" / "github-actions.yml").read_text())["jobs"]["gate"]
     settings = sandbox.settings
     kubeconfig = Path(settings["kubeconfig"]).read_text()
