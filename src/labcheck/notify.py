@@ -51,7 +51,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from labcheck.config import Settings
 from labcheck.errors import ConfigError
 from labcheck.evidence import MASK, mask_params
-from labcheck.notify_ledger import SentLedger, already, answered, interrupted, sending
+from labcheck.notify_ledger import SentLedger, already, answered, interrupted, one_line, sending
 from labcheck.timefmt import iso_utc
 
 log = logging.getLogger("labcheck.notify")
@@ -111,13 +111,9 @@ class Delivery:
 # --- the URL forms ------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def shown_url(url: str) -> str:
     """A notify URL as it may be printed: its scheme and host only (the rest may be a credential)."""
-    text = _one_line(url)
+    text = one_line(url)
     scheme, sep, rest = text.partition("://")
     if not sep:  # no scheme: a host-looking head is kept, anything else (a bare key?) is masked
         head = text.split("/")[0]
@@ -163,7 +159,7 @@ def parse_target(url: str) -> Target:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError as exc:
-        raise _fail(url, f"malformed URL ({_one_line(str(exc))})") from None
+        raise _fail(url, f"malformed URL ({one_line(str(exc))})") from None
     kind, plus, transport = parts.scheme.lower().partition("+")
     if kind == "pagerduty" and not plus:
         if parts.path.strip("/") or parts.query or "@" in parts.netloc:
@@ -216,7 +212,7 @@ def summary(data: Mapping[str, Any]) -> str:
         return _clip(f"{severity}labcheck: no probable cause named on {data.get('target') or 'the target'}",
                      SUMMARY_MAX)
     why = cause.get("why")
-    return _clip(_one_line(f"{severity}{title}" + (f": {why}" if why else "")), SUMMARY_MAX)
+    return _clip(one_line(f"{severity}{title}" + (f": {why}" if why else "")), SUMMARY_MAX)
 
 
 def dedup_key(key: str) -> str:
@@ -389,7 +385,7 @@ class Notifier:
     def _shown(self, target: Target, detail: str) -> str:
         for secret in sorted(target.secrets, key=len, reverse=True):
             detail = detail.replace(secret, MASK)
-        return _clip(_one_line(self.redact(detail)), 300)
+        return _clip(one_line(self.redact(detail)), 300)
 
     def _post(self, target: Target, content: bytes, deadline: float) -> tuple[bool, str]:
         """At most ATTEMPTS POSTs: retried after no connection, 429 or 5xx, never after a read timeout."""
@@ -418,7 +414,7 @@ class Notifier:
                 tries = f" (attempt {attempt})" if attempt > 1 else ""
                 if response.is_success:
                     return True, f"HTTP {response.status_code}{tries}"
-                last = f"HTTP {response.status_code}{tries}: {_one_line(response.text)[:160]}"
+                last = f"HTTP {response.status_code}{tries}: {one_line(response.text)[:160]}"
                 if response.status_code != 429 and response.status_code < 500:
                     return False, last
             if attempt < ATTEMPTS:
@@ -429,5 +425,5 @@ class Notifier:
 def _transport_error(exc: Exception, connect_s: float) -> str:
     if type(exc).__name__ == "ConnectTimeout":
         return f"timed out after {connect_s:g} s connecting"
-    text = _one_line(str(exc))
+    text = one_line(str(exc))
     return "connection refused" if "refused" in text.lower() else f"cannot connect ({text[:120]})"

@@ -28,7 +28,8 @@ log = logging.getLogger("labcheck.notify")
 Record = dict[str, Any]
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """Whitespace (newlines too) folded to single spaces: one line for a message."""
     return " ".join(text.split())
 
 
@@ -61,7 +62,7 @@ class SentLedger:
                 where = f"moved aside to {aside.name}"
             except OSError as err:
                 where = f"could not be moved aside ({err.strerror})"
-            self._warn(f"{self.path} is corrupt ({_one_line(str(exc))[:80]}), {where}; starting a new record")
+            self._warn(f"{self.path} is corrupt ({one_line(str(exc))[:80]}), {where}; starting a new record")
             return {}
         return incidents
 
